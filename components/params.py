@@ -1,0 +1,65 @@
+"""Loading ``params.yaml`` into pydantic models, with one-line errors.
+
+Every pipeline step declares its own config model (``extra="forbid"``) next to its code and reads its
+section with :func:`load_section`; :class:`Params` (the whole file) is assembled from those models in
+``components/config.py`` so that ``params.yaml`` is validated as a whole too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from fsdino.errors import InputError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def format_validation_error(error: ValidationError, source: str, prefix: str = "") -> str:
+    """One line: ``params.yaml: model.image_size: expected a multiple of 14 …`` for the first problem."""
+    detail = error.errors()[0]
+    location = ".".join(str(part) for part in (*([prefix] if prefix else []), *detail["loc"]))
+    message = detail["msg"]
+    if detail["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif "input" in detail and detail["type"] not in ("missing",):
+        message = f"{message} (got {detail['input']!r})"
+    more = len(error.errors()) - 1
+    suffix = f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {location or '<root>'}: {message}{suffix}"
+
+
+def read_yaml(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}: not valid YAML{where}") from error
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate(model: type[ModelT], data: Any, source: str, prefix: str = "") -> ModelT:
+    """Validate ``data`` into ``model`` or raise :class:`InputError` with a one-line message."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise InputError(format_validation_error(error, source, prefix)) from error
+
+
+def load_section(model: type[ModelT], section: str, path: Path | str = DEFAULT_PARAMS) -> ModelT:
+    """Read one top-level section of ``params.yaml`` into ``model``."""
+    data = read_yaml(path)
+    if section not in data:
+        raise InputError(f"{path}: missing section {section!r}")
+    return validate(model, data[section], str(path), section)

@@ -1,0 +1,196 @@
+"""Reading and writing weights: the only module of the library that touches weight files.
+
+* official DINOv2 ``.pth`` backbones (converted by timm's ``checkpoint_filter_fn``),
+* official SAM checkpoints, from which the mask decoder, the mask downscaling, the positional-encoding
+  Gaussian matrix and the not-a-point embedding are taken by key remapping,
+* FS-DINO checkpoints: ``{"format", "version", "model_config", "state_dict", "metadata"}``, written
+  atomically and read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from fsdino.config import ModelConfig
+from fsdino.errors import InputError
+
+CHECKPOINT_FORMAT = "fsdino-checkpoint"
+CHECKPOINT_VERSION = 1
+
+#: SAM checkpoint key prefix → FS-DINO module key prefix.
+SAM_KEY_MAP: dict[str, str] = {
+    "mask_decoder.": "decoder.mask_decoder.",
+    "prompt_encoder.mask_downscaling.": "mask_downscaling.",
+    "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": "decoder.positional_encoding.gaussian_matrix",
+    "prompt_encoder.not_a_point_embed.weight": "sparse_token",
+}
+
+
+def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str | None) -> None:
+    """Raise :class:`InputError` unless the file's sha256 is ``expected`` (skipped when ``None``)."""
+    if expected is None:
+        return
+    actual = sha256_of(path)
+    if actual != expected.lower():
+        raise InputError(f"{path}: sha256 mismatch: expected {expected}, got {actual} (corrupt or wrong file)")
+
+
+def load_weights_file(path: Path | str, sha256: str | None = None) -> dict[str, Any]:
+    """Load a weights file safely (``weights_only=True``) after checking it exists and its checksum."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    verify_sha256(path, sha256)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: not a readable PyTorch weights file ({first_line})") from error
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path}: expected a dict of tensors, got {type(loaded).__name__}")
+    return loaded
+
+
+def _describe_keys(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
+
+
+def check_state_matches(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: Path | str
+) -> None:
+    """Raise a one-line :class:`InputError` naming ``source`` unless ``state`` has exactly the keys and
+    shapes of ``expected``."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_describe_keys(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_describe_keys(unexpected)}")
+        raise InputError(f"{source}: checkpoint does not match the model: {'; '.join(parts)}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise InputError(
+                f"{source}: checkpoint does not match the model: {key} has shape {tuple(value.shape)}, "
+                f"expected {tuple(expected[key].shape)}"
+            )
+
+
+def load_dinov2_backbone(vit: nn.Module, path: Path | str, sha256: str | None = None) -> None:
+    """Load an official DINOv2 ``.pth`` (or a timm state dict) into a timm ViT, resampling pos-embed."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    state = load_weights_file(path, sha256)
+    try:
+        converted = checkpoint_filter_fn(state, vit)
+    except Exception as error:
+        raise InputError(f"{path}: not a DINOv2 backbone checkpoint ({error})") from error
+    converted = {k: v for k, v in converted.items() if not k.startswith("head.")}
+    check_state_matches(vit.state_dict(), converted, path)
+    vit.load_state_dict(converted)
+
+
+def remap_sam_state(sam_state: Mapping[str, torch.Tensor], target_keys: set[str]) -> dict[str, torch.Tensor]:
+    """Take the decoder-side weights of an official SAM checkpoint under FS-DINO's keys.
+
+    Keys of SAM's image encoder and of prompts FS-DINO does not use are dropped. Keys whose target the
+    model does not have (``sparse_token`` outside the ``ba_pcs`` variant) are dropped too.
+    """
+    remapped: dict[str, torch.Tensor] = {}
+    for key, value in sam_state.items():
+        for source, target in SAM_KEY_MAP.items():
+            if key.startswith(source):
+                new_key = target + key[len(source) :]
+                if new_key in target_keys:
+                    remapped[new_key] = value.reshape(1, 1, -1) if new_key == "sparse_token" else value
+                break
+    return remapped
+
+
+def load_sam_decoder(model: nn.Module, path: Path | str, sha256: str | None) -> list[str]:
+    """Initialise FS-DINO's decoder side from an official SAM checkpoint; returns the keys loaded."""
+    state = load_weights_file(path, sha256)
+    own = model.state_dict()
+    remapped = remap_sam_state(state, set(own))
+    expected = {k for k in own if k.startswith(("decoder.", "mask_downscaling.")) or k == "sparse_token"}
+    missing = sorted(expected - set(remapped))
+    if missing:
+        raise InputError(f"{path}: not a SAM checkpoint: missing {_describe_keys(missing)}")
+    for key, value in remapped.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise InputError(
+                f"{path}: SAM key for {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}"
+            )
+    model.load_state_dict(remapped, strict=False)
+    return sorted(remapped)
+
+
+def segmenter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state FS-DINO checkpoints store: everything but the frozen encoder (rebuilt from its config)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+
+
+def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    """Write with ``torch.save`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: Path | str, model: nn.Module, config: ModelConfig, metadata: Mapping[str, Any] | None = None
+) -> None:
+    """Save an FS-DINO checkpoint (segmenter weights + the config that rebuilds the network)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": config.model_dump(mode="json"),
+        "state_dict": segmenter_state(model),
+        "metadata": dict(metadata or {}),
+    }
+    atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: Path | str, sha256: str | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """Read and validate an FS-DINO checkpoint: (model config, segmenter state dict, metadata)."""
+    payload = load_weights_file(path, sha256)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not an FS-DINO checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise InputError(f"{path}: checkpoint version {payload.get('version')!r}, expected {CHECKPOINT_VERSION}")
+    try:
+        config = ModelConfig.model_validate(payload.get("model_config"))
+    except ValidationError as error:
+        detail = error.errors()[0]
+        field = ".".join(str(part) for part in detail["loc"])
+        raise InputError(f"{path}: model_config.{field}: {detail['msg']}") from error
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: checkpoint has no state_dict")
+    return config, state, dict(payload.get("metadata") or {})

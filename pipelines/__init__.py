@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only; the steps they run live in ``components/``."""

@@ -1,0 +1,58 @@
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from components.params import load_section
+from fsdino.config import ModelConfig
+from fsdino.errors import InputError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = 1
+
+
+def write(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_loads_a_section(tmp_path):
+    assert load_section(Section, "train", write(tmp_path, "train:\n  epochs: 3\n")).epochs == 3
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(InputError, match=r"params\.yaml: train\.epoch: unknown key$"):
+        load_section(Section, "train", write(tmp_path, "train:\n  epoch: 3\n"))
+
+
+def test_wrong_type_is_named_with_the_value(tmp_path):
+    with pytest.raises(InputError, match=r"params\.yaml: train\.epochs: .*integer.*'many'"):
+        load_section(Section, "train", write(tmp_path, "train:\n  epochs: many\n"))
+
+
+def test_model_config_checks_the_patch_multiple(tmp_path):
+    path = write(tmp_path, "model:\n  image_size: 500\n")
+    with pytest.raises(InputError, match=r"params\.yaml: model\.image_size: .*multiple of the patch size 14"):
+        load_section(ModelConfig, "model", path)
+
+
+def test_missing_section_and_bad_yaml(tmp_path):
+    with pytest.raises(InputError, match="missing section 'model'"):
+        load_section(ModelConfig, "model", write(tmp_path, "train: {}\n"))
+    with pytest.raises(InputError, match="not valid YAML at line"):
+        load_section(ModelConfig, "model", write(tmp_path, "model: [\n"))
+
+
+def test_the_shipped_params_yaml_is_valid():
+    from components.config import load_params
+
+    params = load_params("params.yaml")
+    assert params.model.image_size % 14 == 0
+
+
+def test_unknown_top_level_section_is_named(tmp_path):
+    from components.config import load_params
+
+    with pytest.raises(InputError, match=r"params\.yaml: modle: unknown key"):
+        load_params(write(tmp_path, "modle: {}\n"))
