@@ -1,0 +1,1 @@
+"""Turning (prediction, ground truth) pairs into the protocol's numbers; knows nothing of models or data."""

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from fsdino.evaluation.davis import (
+    boundary_f_measure,
+    boundary_map,
+    disk,
+    jf_mean,
+    object_scores,
+    region_similarity,
+)
+
+
+def square(shape, top, left, size):
+    mask = np.zeros(shape, dtype=bool)
+    mask[top : top + size, left : left + size] = True
+    return mask
+
+
+def test_j_is_iou_and_one_when_both_empty():
+    a, b = square((10, 10), 0, 0, 4), square((10, 10), 2, 2, 4)
+    assert region_similarity(a, b) == pytest.approx(4 / 28)
+    assert region_similarity(np.zeros((5, 5)), np.zeros((5, 5))) == 1.0
+
+
+def test_boundary_map_marks_the_transition_pixels():
+    mask = square((6, 6), 2, 2, 2)
+    boundary = boundary_map(mask)
+    assert boundary[3, 3]  # object pixel with background on its right and below
+    assert boundary[1, 2] and boundary[1, 1]  # background pixels whose lower / lower-right neighbour is object
+    assert not boundary[2, 2]  # object pixel whose right, lower and lower-right neighbours are object
+    assert not boundary[0, 5] and not boundary[5, 0]
+
+
+def test_disk_radius_eight_at_davis_resolution():
+    assert disk(1).astype(int).tolist() == [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    assert int(np.ceil(0.008 * np.hypot(480, 854))) == 8
+
+
+def test_f_is_one_for_identical_masks_and_tolerates_small_shifts():
+    truth = square((480, 854), 100, 100, 200)
+    assert boundary_f_measure(truth, truth) == 1.0
+    shifted = square((480, 854), 105, 103, 200)  # within the 8 px tolerance
+    assert boundary_f_measure(shifted, truth) == 1.0
+    far = square((480, 854), 130, 100, 200)  # 30 px away: horizontal edges no longer match
+    assert boundary_f_measure(far, truth) < 0.7
+
+
+def test_f_empty_cases():
+    empty, some = np.zeros((20, 20), bool), square((20, 20), 5, 5, 5)
+    assert boundary_f_measure(empty, empty) == 1.0
+    assert boundary_f_measure(empty, some) == 0.0
+    assert boundary_f_measure(some, empty) == 0.0
+
+
+def test_first_and_last_frames_are_excluded_and_objects_are_averaged():
+    truth = [square((20, 20), 5, 5, 5)] * 4
+    wrong = np.zeros((20, 20), bool)
+    # frames 0 and 3 are wrong but excluded
+    j, f = object_scores([wrong, truth[1], truth[2], wrong], truth)
+    assert (j, f) == (1.0, 1.0)
+    j2, f2 = object_scores([truth[0], wrong, truth[2], truth[3]], truth)
+    assert j2 == pytest.approx(0.5) and f2 == pytest.approx(0.5)
+    assert jf_mean({"a/1": (j, f), "a/2": (j2, f2)}) == pytest.approx({"J": 0.75, "F": 0.75, "J&F": 0.75})
