@@ -144,6 +144,28 @@ def load_sam_decoder(model: nn.Module, path: Path | str, sha256: str | None) -> 
     return sorted(remapped)
 
 
+def load_sam_image_encoder(encoder: nn.Module, path: Path | str, sha256: str | None) -> None:
+    """Load the ``image_encoder.*`` weights of an official SAM checkpoint (the distillation teacher).
+
+    The absolute position embedding is resized (bicubic) when the teacher runs at another input size.
+    """
+    state = load_weights_file(path, sha256)
+    prefix = "image_encoder."
+    encoder_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not encoder_state:
+        raise InputError(f"{path}: not a SAM checkpoint: no image_encoder.* weights")
+    own = encoder.state_dict()
+    pos = encoder_state.get("pos_embed")
+    if pos is not None and "pos_embed" in own and pos.shape != own["pos_embed"].shape:
+        grid = own["pos_embed"].shape[1:3]
+        resized = torch.nn.functional.interpolate(
+            pos.permute(0, 3, 1, 2), size=grid, mode="bicubic", align_corners=False
+        )
+        encoder_state["pos_embed"] = resized.permute(0, 2, 3, 1)
+    check_state_matches(own, encoder_state, path)
+    encoder.load_state_dict(encoder_state)
+
+
 def segmenter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state FS-DINO checkpoints store: everything but the frozen encoder (rebuilt from its config)."""
     return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("encoder.")}

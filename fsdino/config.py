@@ -89,3 +89,28 @@ class ModelConfig(BaseModel):
     def grid_size(self) -> int:
         """Side of the square patch grid (37 at 518 px)."""
         return self.image_size // PATCH_SIZE
+
+
+TeacherArch = Literal["vit_h", "vit_l", "vit_b", "tiny"]
+
+
+class TeacherConfig(BaseModel):
+    """SAM's image encoder used as the distillation teacher (paper: ViT-H from the official checkpoint).
+
+    ``checkpoint`` is an official SAM ``.pth`` (its ``image_encoder.*`` weights are used); ``None`` builds
+    a randomly initialised teacher (seeded), which only the CPU demo and the tests use.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: TeacherArch = "vit_h"
+    image_size: int = Field(default=1024, gt=0)
+    checkpoint: Path | None = None
+    sha256: str | None = Field(default=str(SAM_CHECKPOINTS["vit_h"]["sha256"]), pattern=_SHA256_PATTERN)
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError(f"expected a multiple of SAM's patch size 16 (e.g. 1024), got {value}")
+        return value

@@ -15,15 +15,17 @@ from fsdino.checkpoints import (
     check_state_matches,
     load_dinov2_backbone,
     load_sam_decoder,
+    load_sam_image_encoder,
     read_checkpoint,
     segmenter_state,
 )
-from fsdino.config import EncoderConfig, ModelConfig
+from fsdino.config import EncoderConfig, ModelConfig, TeacherConfig
 from fsdino.models.adapter import BottleneckAdapter
 from fsdino.models.correlation import Correlation4D
 from fsdino.models.decoder import PromptedMaskDecoder
 from fsdino.models.encoder import DinoV2Encoder
 from fsdino.models.fsdino import FSDINO
+from fsdino.models.teacher import SamTeacher, build_sam_image_encoder
 
 #: Seed used to initialise ``weights: random`` encoders, so that every process builds the same one.
 RANDOM_ENCODER_SEED = 0
@@ -77,3 +79,13 @@ def load_fsdino(path: Path | str, *, sha256: str | None = None) -> tuple[FSDINO,
     check_state_matches(segmenter_state(model), state, path)
     model.load_state_dict(state, strict=False)  # only the encoder's keys are absent, by construction
     return model.eval(), config, metadata
+
+
+def build_teacher(config: TeacherConfig) -> SamTeacher:
+    """SAM's image encoder for distillation, from the official checkpoint when one is given."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_ENCODER_SEED)
+        encoder = build_sam_image_encoder(config.arch, config.image_size)
+    if config.checkpoint is not None:
+        load_sam_image_encoder(encoder, config.checkpoint, config.sha256)
+    return SamTeacher(encoder, config.image_size)

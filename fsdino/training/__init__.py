@@ -1,0 +1,1 @@
+"""Training loops (distillation, episodic training) and what they share: runtime, checkpoints, order."""

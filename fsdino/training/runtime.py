@@ -1,0 +1,97 @@
+"""Where training runs: device, mixed precision, and torchrun/DDP process groups (only rank 0 writes)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+AmpMode = Literal["auto", "off", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The process's place in a (possibly distributed) run."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    amp_dtype: torch.dtype | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.world_size
+        return value
+
+
+def amp_dtype_for(mode: AmpMode, device: torch.device) -> torch.dtype | None:
+    """``auto`` = bf16 on CUDA (fp16 where bf16 is unsupported), full precision on the CPU."""
+    if mode == "off" or device.type != "cuda":
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+@contextlib.contextmanager
+def runtime(device: str = "auto", amp: AmpMode = "auto") -> Iterator[Runtime]:
+    """Set up the run: a process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1), else one process.
+
+    ``device="auto"`` picks ``cuda:<LOCAL_RANK>`` when CUDA is available, else the CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda":
+        torch.cuda.set_device(torch_device)
+    started = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
+        started = True
+    try:
+        yield Runtime(torch_device, rank, world_size, amp_dtype_for(amp, torch_device))
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The items one rank visits in one epoch: a permutation fixed by (seed, epoch), split across ranks.
+
+    Every rank gets the same number of items (the permutation is padded by wrapping around), so that
+    DDP ranks take the same number of steps. It depends on nothing else, which makes resume exact.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_items, generator=generator).tolist()
+    per_rank = -(-num_items // world_size)
+    padded = order + order[: per_rank * world_size - num_items]
+    return padded[rank::world_size]

@@ -1,0 +1,128 @@
+import pytest
+import torch
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from fsdino.config import EncoderConfig, TeacherConfig
+from fsdino.errors import InputError
+from fsdino.models.adapter import BottleneckAdapter
+from fsdino.models.build import build_encoder, build_teacher
+from fsdino.training.config import LoopConfig
+from fsdino.training.distill import (
+    WithTeacherImages,
+    cached_targets,
+    distill_stage,
+    evaluate_mse,
+    online_targets,
+)
+from fsdino.training.runtime import Runtime
+from fsdino.training.teacher_cache import TeacherCache, build_teacher_cache
+
+CPU = Runtime(torch.device("cpu"))
+
+
+class Images(Dataset):
+    """Deterministic smooth random images at a given square size."""
+
+    def __init__(self, count: int, size: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.base = F.interpolate(torch.rand(count, 3, 8, 8, generator=generator), size=(64, 64), mode="bilinear")
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        image = F.interpolate(self.base[index : index + 1], size=(self.size, self.size), mode="area")[0]
+        return {"image": image, "index": index, "key": f"sa_{index}"}
+
+
+@pytest.fixture(scope="module")
+def parts():
+    student = build_encoder(EncoderConfig(name="vit_small_patch14_dinov2", weights="random"), 56, blocks=3)
+    teacher = build_teacher(TeacherConfig(arch="tiny", image_size=64))
+    return student, teacher
+
+
+def fresh_adapter():
+    torch.manual_seed(0)
+    return BottleneckAdapter(in_dim=384)
+
+
+def config(**overrides):
+    return LoopConfig(**{"epochs": 3, "batch_size": 4, "checkpoint_every": 1, "seed": 3, **overrides})
+
+
+def test_loss_goes_down(parts, tmp_path):
+    student, teacher = parts
+    data = WithTeacherImages(Images(12, 56), Images(12, 64))
+    position = distill_stage(
+        student=student, adapter=fresh_adapter(), data=data, targets=online_targets(teacher, CPU.device),
+        config=config(epochs=4), runtime=CPU, checkpoint=tmp_path / "state.pt", fingerprint="a",
+    )  # fmt: skip
+    losses = [entry["loss"] for entry in position.history]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_cached_targets_equal_online_targets(parts, tmp_path):
+    _, teacher = parts
+    keys = [f"sa_{i}" for i in range(6)]
+    path = build_teacher_cache(teacher, Images(6, 64), keys, tmp_path / "cache.npy", teacher_id="tiny@64")
+    cache = TeacherCache(path, teacher_id="tiny@64", keys=keys)
+    batch = {"index": torch.tensor([4, 1]), "teacher_image": torch.stack([Images(6, 64)[i]["image"] for i in (4, 1)])}
+    cached, online = cached_targets(cache)(batch, 3), online_targets(teacher, CPU.device)(batch, 3)
+    assert cached.shape == (2, 256, 3, 3)
+    assert torch.allclose(cached, online, atol=2e-2)  # fp16 storage
+
+
+def test_a_cache_of_another_teacher_or_manifest_is_refused(parts, tmp_path):
+    _, teacher = parts
+    keys = ["sa_0", "sa_1"]
+    path = build_teacher_cache(teacher, Images(2, 64), keys, tmp_path / "cache.npy", teacher_id="tiny@64")
+    with pytest.raises(InputError, match="built by teacher 'tiny@64', not 'vit_h@1024'"):
+        TeacherCache(path, teacher_id="vit_h@1024", keys=keys)
+    with pytest.raises(InputError, match="other images"):
+        TeacherCache(path, teacher_id="tiny@64", keys=["sa_0", "sa_9"])
+
+
+def test_resume_after_a_kill_gives_the_same_weights(parts, tmp_path):
+    student, teacher = parts
+    data = WithTeacherImages(Images(10, 56), Images(10, 64))
+    targets = online_targets(teacher, CPU.device)
+    common = {"student": student, "data": data, "targets": targets, "config": config(), "runtime": CPU}
+
+    reference = fresh_adapter()
+    distill_stage(adapter=reference, checkpoint=tmp_path / "a.pt", fingerprint="x", **common)
+
+    class KilledError(Exception):
+        pass
+
+    def kill_at_step_4(position):
+        if position.global_step == 4:  # mid-epoch (3 steps per epoch)
+            raise KilledError
+
+    interrupted = fresh_adapter()
+    with pytest.raises(KilledError):
+        distill_stage(
+            adapter=interrupted, checkpoint=tmp_path / "b.pt", fingerprint="x", on_step=kill_at_step_4, **common
+        )
+    resumed = fresh_adapter()  # a new process starts from scratch and finds the checkpoint
+    position = distill_stage(adapter=resumed, checkpoint=tmp_path / "b.pt", fingerprint="x", **common)
+    assert position.global_step == 9
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(InputError, match="another configuration"):
+        distill_stage(adapter=fresh_adapter(), checkpoint=tmp_path / "b.pt", fingerprint="y", **common)
+
+
+def test_evaluate_mse_matches_the_loss_definition(parts):
+    student, teacher = parts
+    data = WithTeacherImages(Images(3, 56), Images(3, 64))
+    adapter = fresh_adapter()
+    targets = online_targets(teacher, CPU.device)
+    mse = evaluate_mse(student=student, adapter=adapter, data=data, targets=targets, runtime=CPU, batch_size=2)
+    images = torch.stack([data[i]["image"] for i in range(3)])
+    batch = {"teacher_image": torch.stack([data[i]["teacher_image"] for i in range(3)])}
+    with torch.no_grad():
+        expected = F.mse_loss(adapter(student(images).layer3), targets(batch, 4)).item()
+    assert mse == pytest.approx(expected, rel=1e-4)
