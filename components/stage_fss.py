@@ -1,0 +1,81 @@
+"""Stage FSS-1000: check the class folders and write the train / val / test split files.
+
+Writes ``<out>/splits/{train,val,test}.txt`` (``<class>/<N> <class id>`` pairs), the class names of each
+split in ``<out>/manifest.json``, and says whether HSNet's official lists or the seeded rule was used.
+
+    python -m components.stage_fss --root data/raw/fss --out data/fss [--official-lists DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from components.stage_pascal import stage_main
+from fsdino.data import fss
+from fsdino.data.benchmark import write_benchmark
+from fsdino.data.imageio import image_size
+from fsdino.errors import InputError
+
+
+class FssStageConfig(BaseModel):
+    """``root``: the folder holding ``FSS-1000/``; ``official_lists``: a folder with HSNet's ``trn.txt``,
+    ``val.txt`` and ``test.txt``. When not given, ``<root>/splits/fss/`` is used if it holds the three
+    files; otherwise the seeded rule of ``fsdino.data.fss``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: Path
+    out: Path = Path("data/fss")
+    official_lists: Path | None = None
+    seed: int = 0
+    check_images: bool = True
+
+
+def _check_sizes(source: fss.FSS1000) -> None:
+    for index in range(len(source)):
+        image_path = source.image_path(index)
+        mask_path = image_path.with_suffix(".png")
+        if image_size(image_path) != image_size(mask_path):
+            raise InputError(f"{mask_path}: mask size differs from its image {image_path.name} (expected equal sizes)")
+
+
+def official_lists(config: FssStageConfig) -> Path | None:
+    """The folder of HSNet's class lists to use, or ``None`` for the seeded rule."""
+    if config.official_lists is not None:
+        return config.official_lists
+    candidate = config.root / "splits" / "fss"
+    present = all((candidate / name).is_file() for name in fss.OFFICIAL_LIST_FILES.values())
+    return candidate if present else None
+
+
+def run(config: FssStageConfig) -> dict[str, Any]:
+    source = fss.FSS1000(config.root)
+    lists = official_lists(config)
+    classes = fss.split_classes(source.class_names, lists, config.seed)
+    if config.check_images:
+        _check_sizes(source)
+    splits = {name: fss.split_pairs(source, classes[name]) for name in fss.SPLIT_NAMES}
+    options = {name: {"classes": classes[name]} for name in fss.SPLIT_NAMES}
+    return write_benchmark(
+        config.out,
+        dataset="fss",
+        root=config.root,
+        splits=splits,
+        source_options=options,
+        split_rule=f"official lists ({lists})" if lists else f"seeded rule (seed {config.seed})",
+        num_classes=len(source.class_names),
+        num_images=len(source),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return stage_main(FssStageConfig, run, argv, "stage_fss", __doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

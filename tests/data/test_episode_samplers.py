@@ -1,0 +1,66 @@
+"""Episode samplers: seeded, drawn up front, supports of the query's class and never the query."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fsdino.data import episodes as ep
+from fsdino.errors import InputError
+
+PAIRS = [(f"img{index:03d}", 1 + index % 3) for index in range(30)] + [("img100", 2), ("lonely", 9)]
+
+
+@pytest.mark.parametrize("shot", [1, 5])
+def test_walk_follows_the_list_in_order(shot: int) -> None:
+    episodes = ep.walk_episodes(PAIRS, shot, num_episodes=100, seed=0)
+    usable = PAIRS[:-1]  # class 9 has one image: no support possible
+    assert [(e.query_id, e.class_id) for e in episodes] == [usable[i % len(usable)] for i in range(100)]
+    for episode in episodes:
+        images_of_class = {image for image, class_id in PAIRS if class_id == episode.class_id}
+        assert len(episode.support_ids) == shot and episode.query_id not in episode.support_ids
+        assert set(episode.support_ids) <= images_of_class and len(set(episode.support_ids)) == shot
+
+
+def test_samplers_are_identical_for_the_same_seed() -> None:
+    assert ep.walk_episodes(PAIRS, 5, 1000, seed=3) == ep.walk_episodes(list(PAIRS), 5, 1000, seed=3)
+    assert ep.walk_episodes(PAIRS, 5, 1000, seed=3) != ep.walk_episodes(PAIRS, 5, 1000, seed=4)
+    first, second = ep.class_uniform_episodes(PAIRS, 1, 500, seed=0), ep.class_uniform_episodes(PAIRS, 1, 500, seed=0)
+    assert first == second
+
+
+def test_class_uniform_draws_classes_evenly() -> None:
+    skewed = [(f"a{index}", 1) for index in range(200)] + [("b0", 2), ("b1", 2)]
+    counts = Counter(episode.class_id for episode in ep.class_uniform_episodes(skewed, 1, 2000, seed=0))
+    assert set(counts) == {1, 2} and abs(counts[1] - counts[2]) < 200
+    assert all(e.support_ids != (e.query_id,) for e in ep.class_uniform_episodes(skewed, 1, 2000, seed=0))
+
+
+def test_every_query_once_and_replacement_when_few_images() -> None:
+    episodes = ep.every_query_episodes(PAIRS, shot=5, seed=0)
+    assert [(e.query_id, e.class_id) for e in episodes] == PAIRS[:-1]
+    small = ep.every_query_episodes([("x", 1), ("y", 1)], shot=3)
+    assert small[0].support_ids == ("y", "y", "y") and small[1].support_ids == ("x", "x", "x")
+
+
+def test_train_sampler_epochs_permute_the_pairs() -> None:
+    sampler = ep.TrainEpisodeSampler(PAIRS, shot=1, seed=7)
+    epoch0, epoch1 = sampler.episodes(0), sampler.episodes(1)
+    assert len(epoch0) == len(PAIRS) - 1 and sorted(e[:2] for e in epoch0) == sorted(PAIRS[:-1])
+    assert epoch0 != epoch1 and epoch0 == ep.TrainEpisodeSampler(PAIRS, shot=1, seed=7).episodes(0)
+    assert len(ep.TrainEpisodeSampler(PAIRS, shot=2, episodes_per_epoch=70).episodes(0)) == 70
+
+
+def test_episode_files_round_trip(tmp_path: Path) -> None:
+    episodes = ep.walk_episodes(PAIRS, 2, 10)
+    ep.write_episodes(tmp_path / "episodes.txt", episodes)
+    assert ep.read_episodes(tmp_path / "episodes.txt") == episodes
+
+
+def test_impossible_episodes_are_input_errors() -> None:
+    with pytest.raises(InputError, match="two images"):
+        ep.walk_episodes([("a", 1), ("b", 2)], 1)
+    with pytest.raises(InputError, match="shot"):
+        ep.walk_episodes(PAIRS, 0)
