@@ -1,0 +1,178 @@
+"""The dashboard's tables as DataFrames: the numbers, computed once, before any HTML.
+
+IoUs are shown in percent like the paper (metrics files hold fractions). A Mean is the plain mean of the
+folds present in its row; a row missing some folds keeps a Mean over the others and the renderer marks it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import pandas as pd
+
+from components.report_data import EvalRun, ReportData
+
+VARIANT_ORDER = ("ba_pcs", "ba_svp_pcs", "full")
+VARIANT_LABELS = {"ba_pcs": "BA+PCS", "ba_svp_pcs": "BA+SVP+PCS", "full": "FS-DINO (full)"}
+ABLATION_COMPONENTS = ("BA", "SVP", "PCS", "4D Corr.")
+VARIANT_COMPONENTS = {"ba_pcs": {"BA", "PCS"}, "ba_svp_pcs": {"BA", "SVP", "PCS"}, "full": set(ABLATION_COMPONENTS)}
+BASELINE_LABEL = "Baseline: prototype cosine, no training"
+MEAN = "Mean"
+Metric = str  # "miou" | "fb_iou"
+
+
+def ordered_variants(variants: Iterable[str]) -> list[str]:
+    """The paper's order (BA+PCS, BA+SVP+PCS, full) first, then any other variant alphabetically."""
+    unique = set(variants)
+    known = [name for name in VARIANT_ORDER if name in unique]
+    return known + sorted(unique - set(VARIANT_ORDER))
+
+
+def variant_label(variant: str) -> str:
+    return VARIANT_LABELS.get(variant, variant)
+
+
+def fold_column(fold: int) -> str:
+    return f"Fold{fold}"
+
+
+def shots(data: ReportData) -> list[int]:
+    return sorted({run.key.shot for run in data.evaluations})
+
+
+def _percent(value: float) -> float:
+    return 100.0 * value
+
+
+def _baseline_rows(runs: list[EvalRun], metric: Metric) -> dict[str, dict[tuple[int, str], float]]:
+    """One row when every variant scored the same baseline (the usual case: same encoder, same episodes)."""
+    per_variant: dict[str, dict[tuple[int, str], float]] = {}
+    for run in runs:
+        if run.metrics.baseline is not None:
+            cell = (run.key.shot, fold_column(run.key.fold))
+            per_variant.setdefault(run.key.variant, {})[cell] = _percent(getattr(run.metrics.baseline, metric))
+    merged: dict[tuple[int, str], float] = {}
+    for cells in per_variant.values():
+        for cell, value in cells.items():
+            if cell in merged and not math.isclose(merged[cell], value, abs_tol=1e-9):
+                return {f"{BASELINE_LABEL} [{variant_label(v)}]": per_variant[v] for v in ordered_variants(per_variant)}
+            merged[cell] = value
+    return {BASELINE_LABEL: merged} if merged else {}
+
+
+def results_table(data: ReportData, metric: Metric = "miou") -> pd.DataFrame:
+    """Paper Tables 1-2: rows = variants (+ baseline), columns = (shot, Fold0…FoldN | Mean), in percent."""
+    rows: dict[str, dict[tuple[int, str], float]] = {}
+    by_variant: dict[str, list[EvalRun]] = {}
+    for run in data.evaluations:
+        by_variant.setdefault(run.key.variant, []).append(run)
+    for variant in ordered_variants(by_variant):
+        rows[variant_label(variant)] = {
+            (run.key.shot, fold_column(run.key.fold)): _percent(getattr(run.metrics, metric))
+            for run in by_variant[variant]
+        }
+    rows.update(_baseline_rows(data.evaluations, metric))
+    columns: list[tuple[int, str]] = []
+    for shot in shots(data):
+        folds = sorted({run.key.fold for run in data.evaluations if run.key.shot == shot})
+        columns += [(shot, fold_column(fold)) for fold in folds] + [(shot, MEAN)]
+    table = pd.DataFrame.from_dict(rows, orient="index", dtype=float)
+    table = table.reindex(columns=pd.MultiIndex.from_tuples(columns, names=["shot", "column"]))
+    for shot in shots(data):
+        fold_columns = [column for column in columns if column[0] == shot and column[1] != MEAN]
+        table[(shot, MEAN)] = table[fold_columns].mean(axis=1, skipna=True)
+    return table
+
+
+def ablation_shot(data: ReportData) -> int | None:
+    """Table 4 is 1-shot; else the smallest shot that several variants share. None when no shot has two."""
+    shared = [shot for shot in shots(data) if len({r.key.variant for r in data.evaluations if r.key.shot == shot}) > 1]
+    if not shared:
+        return None
+    return 1 if 1 in shared else shared[0]
+
+
+def ablation_table(data: ReportData, shot: int) -> pd.DataFrame:
+    """Paper Table 4: component check marks, then mean mIoU and FB-IoU (%) over the folds evaluated."""
+    rows = {}
+    runs = [run for run in data.evaluations if run.key.shot == shot]
+    for variant in ordered_variants(run.key.variant for run in runs):
+        mine = [run.metrics for run in runs if run.key.variant == variant]
+        components = VARIANT_COMPONENTS.get(variant, set())
+        row: dict[str, object] = {name: "✓" if name in components else "" for name in ABLATION_COMPONENTS}
+        row["mIoU (%)"] = _percent(sum(m.miou for m in mine) / len(mine))
+        row["FB-IoU (%)"] = _percent(sum(m.fb_iou for m in mine) / len(mine))
+        row["Folds"] = ", ".join(str(m.fold) for m in sorted(mine, key=lambda m: m.fold))
+        rows[variant_label(variant)] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def per_class_table(data: ReportData, fold: int, shot: int) -> pd.DataFrame:
+    """Rows = classes of the fold, one IoU (%) column per variant label; ``Episodes`` from the first variant."""
+    runs = [r for r in data.evaluations if r.key.fold == fold and r.key.shot == shot and r.per_class is not None]
+    table = pd.DataFrame(columns=["Class id", "Class", "Episodes"])
+    for variant in ordered_variants(run.key.variant for run in runs):
+        run = next(run for run in runs if run.key.variant == variant)
+        assert run.per_class is not None
+        part = run.per_class.rename(columns={"class_id": "Class id", "class_name": "Class", "episodes": "Episodes"})
+        part = part.assign(**{variant_label(variant): part["iou"] * 100.0})
+        part = part.drop(columns=["iou", "intersection", "union"])
+        if table.empty:
+            table = part
+        else:
+            table = table.merge(part.drop(columns=["Class", "Episodes"]), on="Class id", how="outer")
+    return table.sort_values("Class id").reset_index(drop=True) if not table.empty else table
+
+
+def fold_shot_pairs(data: ReportData) -> list[tuple[int, int]]:
+    """(fold, shot) pairs that have at least one per-class table, shot-major like the results table."""
+    pairs = {(run.key.fold, run.key.shot) for run in data.evaluations if run.per_class is not None}
+    return sorted(pairs, key=lambda pair: (pair[1], pair[0]))
+
+
+def training_summary(data: ReportData) -> pd.DataFrame:
+    """One row per trained run: epochs, last train loss, best validation mIoU (%) and its epoch."""
+    rank = {variant: index for index, variant in enumerate(ordered_variants(run.key.variant for run in data.train))}
+    rows = []
+    for run in sorted(data.train, key=lambda r: (rank[r.key.variant], r.key.shot, r.key.fold)):
+        history = run.history
+        validated = history.dropna(subset=["val_miou"])
+        best = validated.loc[validated["val_miou"].idxmax()] if not validated.empty else None
+        rows.append(
+            {
+                "Variant": variant_label(run.key.variant),
+                "Shot": run.key.shot,
+                "Fold": run.key.fold,
+                "Epochs": len(history),
+                "Last train loss": history["train_loss"].iloc[-1] if len(history) else math.nan,
+                "Best val mIoU (%)": _percent(best["val_miou"]) if best is not None else math.nan,
+                "Best epoch": int(best["epoch"]) if best is not None else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def distill_summary(data: ReportData) -> pd.DataFrame:
+    """One row per stage from ``metrics.json`` (stages with only a history are left out)."""
+    rows = []
+    for stage in data.distill:
+        if stage.metrics is None:
+            continue
+        metrics = stage.metrics
+        before, after = metrics.eval_mse_before, metrics.eval_mse_after
+        change = 100.0 * (after - before) / before if before and after is not None else math.nan
+        rows.append(
+            {
+                "Stage": metrics.stage,
+                "Image size": metrics.image_size,
+                "Epochs": metrics.epochs,
+                "Train loss": metrics.train_loss,
+                "Eval MSE before": before,
+                "Eval MSE after": after,
+                "MSE change (%)": change,
+                "Teacher": "" if metrics.teacher is None else str(metrics.teacher),
+                "Cached targets": "" if metrics.cached_targets is None else str(metrics.cached_targets),
+            }
+        )
+    return pd.DataFrame(rows)
