@@ -4,11 +4,11 @@ It writes ``<out>/VOC2012/JPEGImages/<name>.jpg``, ``<out>/VOC2012/SegmentationC
 (one byte a pixel: 0 background, 1-20 classes, 255 ignore) and ``VOC2012/ImageSets/Segmentation/
 {train,val}.txt``, so it is read by :class:`fsdino.data.pascal.PascalVOC` and split into the same 4
 folds of 5 classes. Each image (128-192 px a side by default) shows 2-4 objects of different classes
-(``fsdino.data.synthetic_shapes``: a class is a shape family × texture family, colours random per
-object) on a smooth cluttered background with untextured distractor blobs; objects may overlap but
-each keeps at least half of its area visible. Background pixels within ``ignore_border`` px of an
-object are 255, like VOC's boundary band. The same seed gives byte-identical files (image i uses
-``default_rng([seed, i])``).
+(``fsdino.data.synthetic_shapes``: a class is a shape family × texture family with a typical hue,
+colours varying per object) on a smooth cluttered background with untextured distractor blobs;
+objects may overlap but each keeps at least half of its area visible. Background pixels within
+``ignore_border`` px of an object are 255, like VOC's boundary band. The same seed gives
+byte-identical files (image i uses ``default_rng([seed, i])``).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _object(rng: np.random.Generator, class_id: int, height: int, width: int) ->
     centre_x = rng.uniform(radius * 0.8, width - radius * 0.8)
     y, x = np.mgrid[:height, :width].astype(np.float64)
     y, x = y - centre_y, x - centre_x
-    return shape_mask(shape, y / radius, x / radius, rng), texture(pattern, y, x, rng)
+    return shape_mask(shape, y / radius, x / radius, rng), texture(pattern, y, x, rng, class_id)
 
 
 def _near(mask: np.ndarray, distance: int) -> np.ndarray:

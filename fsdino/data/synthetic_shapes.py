@@ -1,9 +1,12 @@
 """Shape and texture families of the synthetic benchmark (``fsdino.data.synthetic``).
 
 A class is one (shape family, texture family) combination: 5 shapes × 4 textures = 20 classes, so no
-single cue (outline or pattern) names a class, and every fold mixes shapes and textures. Colours are
-drawn per object, so colour names nothing. Masks are boolean arrays and objects are painted through
-them, so image boundaries and label boundaries are the same pixels.
+single cue (outline or pattern) names a class, and every fold mixes shapes and textures. Each class
+also has a typical hue (as sky, grass or skin have in real data): an object's hue is drawn around its
+class's hue with a spread (σ = 0.05 of the hue circle) that makes classes with neighbouring hues
+overlap, so colour hints at a class but does not name it; saturation and brightness are free. A fold's
+five classes get far-apart hues (``class_hue``). Masks are boolean arrays and objects are painted
+through them, so image boundaries and label boundaries are the same pixels.
 """
 
 from __future__ import annotations
@@ -57,17 +60,29 @@ def shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, rng: np.random.Genera
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def object_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two RGB uint8 colours: a random one and a darker one of a nearby hue."""
-    hue, saturation, value = rng.uniform(0, 1), rng.uniform(0.4, 1.0), rng.uniform(0.55, 1.0)
+HUE_SPREAD = 0.05
+
+
+def class_hue(class_id: int) -> float:
+    """Typical hue of a class in [0, 1): classes 1..20 visit the hue circle in steps of 7/20, so that
+    the five classes of a fold (consecutive ids) get far-apart hues and classes of other folds fill the
+    gaps."""
+    return ((class_id - 1) * 7 % NUM_CLASSES) / NUM_CLASSES
+
+
+def object_colours(rng: np.random.Generator, class_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two RGB uint8 colours: one of a hue near the class's and a darker one of a nearby hue."""
+    hue = (class_hue(class_id) + rng.normal(0.0, HUE_SPREAD)) % 1
+    saturation, value = rng.uniform(0.4, 1.0), rng.uniform(0.55, 1.0)
     first = colorsys.hsv_to_rgb(hue, saturation, value)
     second = colorsys.hsv_to_rgb((hue + rng.uniform(-0.2, 0.2)) % 1, saturation, value * rng.uniform(0.2, 0.5))
     return (np.array(first) * 255).astype(np.uint8), (np.array(second) * 255).astype(np.uint8)
 
 
-def texture(name: str, y: np.ndarray, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """h×w×3 uint8 pattern of family ``name`` at pixel coordinates (y, x) relative to the object centre."""
-    first, second = object_colours(rng)
+def texture(name: str, y: np.ndarray, x: np.ndarray, rng: np.random.Generator, class_id: int) -> np.ndarray:
+    """h×w×3 uint8 pattern of family ``name`` in ``class_id``'s colours at pixel coordinates (y, x)
+    relative to the object centre."""
+    first, second = object_colours(rng, class_id)
     angle = rng.uniform(0, math.pi)
     along = x * math.cos(angle) + y * math.sin(angle)
     across = -x * math.sin(angle) + y * math.cos(angle)
