@@ -24,6 +24,7 @@ from fsdino.config import ModelConfig
 from fsdino.errors import InputError
 
 CHECKPOINT_FORMAT = "fsdino-checkpoint"
+ADAPTER_FORMAT = "fsdino-adapter"
 CHECKPOINT_VERSION = 1
 
 #: SAM checkpoint key prefix → FS-DINO module key prefix.
@@ -216,3 +217,24 @@ def read_checkpoint(path: Path | str, sha256: str | None = None) -> tuple[ModelC
     if not isinstance(state, dict):
         raise InputError(f"{path}: checkpoint has no state_dict")
     return config, state, dict(payload.get("metadata") or {})
+
+
+def save_adapter(path: Path | str, adapter: nn.Module, metadata: Mapping[str, Any] | None = None) -> None:
+    """Save a distilled bottleneck adapter (the distillation stages' output)."""
+    payload = {
+        "format": ADAPTER_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in adapter.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    atomic_torch_save(payload, path)
+
+
+def load_adapter(path: Path | str, adapter: nn.Module) -> dict:
+    """Load a distilled adapter into ``adapter`` (checking keys and shapes); returns its metadata."""
+    payload = load_weights_file(path)
+    if payload.get("format") != ADAPTER_FORMAT:
+        raise InputError(f"{path}: not a distilled adapter (expected format {ADAPTER_FORMAT!r})")
+    check_state_matches(adapter.state_dict(), payload["state_dict"], path)
+    adapter.load_state_dict(payload["state_dict"])
+    return dict(payload.get("metadata") or {})

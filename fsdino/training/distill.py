@@ -25,7 +25,7 @@ from fsdino.models.encoder import DinoV2Encoder
 from fsdino.models.teacher import SamTeacher, to_student_grid
 from fsdino.training.checkpointing import RunPosition, load_training_state, save_training_state
 from fsdino.training.config import LoopConfig
-from fsdino.training.runtime import Runtime, epoch_order
+from fsdino.training.runtime import Runtime, chunk, epoch_order
 from fsdino.training.teacher_cache import TeacherCache
 
 #: Maps a batch and the student's grid side to the teacher targets B×256×grid×grid.
@@ -61,12 +61,6 @@ class WithTeacherImages(Dataset):
         item = dict(self.student_data[index])
         item["teacher_image"] = self.teacher_data[item["index"]]["image"]
         return item
-
-
-def _batches(num_items: int, config: LoopConfig, epoch: int, runtime: Runtime) -> list[list[int]]:
-    order = epoch_order(num_items, config.seed, epoch, runtime.rank, runtime.world_size)
-    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    return batches[: config.max_steps_per_epoch] if config.max_steps_per_epoch else batches
 
 
 def distill_stage(
@@ -107,18 +101,19 @@ def distill_stage(
         trained = DistributedDataParallel(adapter, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if runtime.amp_dtype == torch.float16 else None
-    modules = {"adapter": adapter}
     position = RunPosition()
     if checkpoint.is_file():
-        position = load_training_state(checkpoint, modules, optimizer, fingerprint, scaler)
+        states, position = load_training_state(checkpoint, optimizer, fingerprint, scaler)
+        adapter.load_state_dict(states["adapter"])
 
     def save() -> None:
         if runtime.is_main:
-            save_training_state(checkpoint, modules, optimizer, position, fingerprint, scaler)
+            save_training_state(checkpoint, {"adapter": adapter.state_dict()}, optimizer, position, fingerprint, scaler)
 
     adapter.train()
     while position.epoch < config.epochs:
-        batches = _batches(len(data), config, position.epoch, runtime)
+        order = epoch_order(len(data), config.seed, position.epoch, runtime.rank, runtime.world_size)
+        batches = chunk(order, config.batch_size, config.max_steps_per_epoch)
         loader = DataLoader(data, batch_sampler=batches[position.step :], num_workers=config.num_workers)
         description = f"distill epoch {position.epoch + 1}/{config.epochs}"
         progress = tqdm(
@@ -142,9 +137,7 @@ def distill_stage(
             else:
                 loss.backward()
                 optimizer.step()
-            position.step += 1
-            position.global_step += 1
-            position.loss_sum += loss.item()
+            position.add({"loss": loss.item()})
             progress.set_postfix(mse=f"{loss.item():.4f}")
             if log is not None and runtime.is_main:
                 log({"distill_loss": loss.item()}, position.global_step)
@@ -152,9 +145,10 @@ def distill_stage(
                 save()
             if on_step is not None:
                 on_step(position)
-        mean = runtime.all_reduce_mean(torch.tensor(position.loss_sum / max(position.step, 1), device=device))
-        position.history.append({"epoch": position.epoch, "loss": float(mean)})
-        position.epoch, position.step, position.loss_sum = position.epoch + 1, 0, 0.0
+        mean = runtime.all_reduce_mean(
+            torch.tensor(position.sums.get("loss", 0.0) / max(position.step, 1), device=device)
+        )
+        position.close_epoch({"loss": float(mean)})
         save()
     adapter.eval()
     return position

@@ -84,14 +84,26 @@ def runtime(device: str = "auto", amp: AmpMode = "auto") -> Iterator[Runtime]:
             dist.destroy_process_group()
 
 
-def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[int]:
-    """The items one rank visits in one epoch: a permutation fixed by (seed, epoch), split across ranks.
+def epoch_order(
+    num_items: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, *, shuffle: bool = True
+) -> list[int]:
+    """The items one rank visits in one epoch: a permutation fixed by (seed, epoch) (or the identity when
+    the items are already in random order), split across ranks.
 
-    Every rank gets the same number of items (the permutation is padded by wrapping around), so that
-    DDP ranks take the same number of steps. It depends on nothing else, which makes resume exact.
+    Every rank gets the same number of items (the order is padded by wrapping around), so that DDP
+    ranks take the same number of steps. It depends on nothing else, which makes resume exact.
     """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_items, generator=generator).tolist()
+    if shuffle:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(num_items, generator=generator).tolist()
+    else:
+        order = list(range(num_items))
     per_rank = -(-num_items // world_size)
     padded = order + order[: per_rank * world_size - num_items]
     return padded[rank::world_size]
+
+
+def chunk(order: list[int], batch_size: int, max_batches: int | None = None) -> list[list[int]]:
+    """Split an order into batches, keeping at most ``max_batches``."""
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return batches[:max_batches] if max_batches else batches
