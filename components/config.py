@@ -1,22 +1,160 @@
-"""The root of ``params.yaml``: every section validated by the pydantic model of the step that reads it."""
+"""The root of ``params.yaml``: every section validated by the pydantic model of the step that reads it.
+
+Profiles: ``params.yaml`` is the default demo profile (CPU, synthetic data, small models);
+``profiles/*.yaml`` hold the paper's settings and are selected with ``python -m components.profile``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components.params import DEFAULT_PARAMS, read_yaml, validate
-from fsdino.config import ModelConfig
+from components.report import ReportConfig
+from components.stage_coco import CocoStageConfig
+from components.stage_pascal import PascalStageConfig
+from components.stage_sa1b import StageSA1BConfig
+from components.stage_synthetic import SyntheticStageConfig
+from fsdino.config import ModelConfig, TeacherConfig, Variant
+from fsdino.training.config import LoopConfig
+
+BenchmarkKind = Literal["synthetic", "pascal", "coco"]
+WORK_DIR = Path("outputs/.work")  # training states that survive DVC deleting a stage's outputs
 
 
-class Params(BaseModel):
-    """The whole ``params.yaml``; unknown sections or keys are errors."""
-
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class BenchmarkParams(_Section):
+    """The few-shot benchmark of the profile; only the chosen kind's sub-section is used."""
+
+    kind: BenchmarkKind = "synthetic"
+    synthetic: SyntheticStageConfig | None = None
+    pascal: PascalStageConfig | None = None
+    coco: CocoStageConfig | None = None
+
+    @model_validator(mode="after")
+    def _chosen_kind_is_configured(self) -> BenchmarkParams:
+        if getattr(self, self.kind) is None:
+            if self.kind != "synthetic":
+                raise ValueError(f"kind is {self.kind!r} but the section benchmark.{self.kind} is missing")
+            self.synthetic = SyntheticStageConfig(out=Path("outputs/data/benchmark"))
+        return self
+
+    @property
+    def stage(self) -> SyntheticStageConfig | PascalStageConfig | CocoStageConfig:
+        return getattr(self, self.kind)
+
+    @property
+    def out(self) -> Path:
+        return self.stage.out
+
+
+class WeightFile(_Section):
+    """One pretrained checkpoint from its official URL (sha256 checked when known)."""
+
+    name: str
+    url: str
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    size: int | None = Field(default=None, ge=1)
+
+
+class WeightsParams(_Section):
+    """Pretrained weights the profile needs (the demo needs none); DVC caches ``dir``."""
+
+    dir: Path = Path("outputs/weights")
+    files: list[WeightFile] = Field(default_factory=list)
+    retries: int = Field(default=3, ge=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class DistillParams(_Section):
+    """Coarse-to-fine distillation (paper §3.3, §4.1): three stages at increasing resolution, each
+    starting from the previous one's adapter (``dvc.yaml`` has one stage per resolution)."""
+
+    teacher: TeacherConfig = TeacherConfig()
+    image_sizes: list[int] = Field(default_factory=lambda: [126, 252, 518], min_length=3, max_length=3)
+    manifest: Path = Path("outputs/data/sa1b/manifest.parquet")
+    out_dir: Path = Path("outputs/distill")
+    targets: Literal["cached", "online"] = "cached"
+    cache_batch_size: int = Field(default=8, ge=1)
+    val_fraction: float = Field(default=0.05, gt=0, lt=0.5)
+    loop: LoopConfig = LoopConfig(epochs=15, batch_size=8, lr=1e-3)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DistillParams:
+        bad = [size for size in self.image_sizes if size % 14]
+        if bad:
+            raise ValueError(f"image_sizes: expected multiples of 14, got {bad}")
+        return self
+
+    @property
+    def teacher_cache(self) -> Path:
+        return self.out_dir / "teacher_cache.npy"
+
+    def stage_dir(self, stage: int) -> Path:
+        return self.out_dir / f"stage{stage}"
+
+
+class TrainParams(_Section):
+    """Episodic training per (variant, fold, shot) (paper §3.4.3, §4.1)."""
+
+    variants: list[Variant] = Field(default_factory=lambda: ["full"], min_length=1)
+    folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1)
+    shots: list[int] = Field(default_factory=lambda: [1, 5], min_length=1)
+    init_adapter_from_distillation: bool = True
+    episodes_per_epoch: int | None = Field(default=None, ge=1)
+    val_episodes: int = Field(default=100, ge=1)
+    out_dir: Path = Path("outputs/train")
+    loop: LoopConfig = LoopConfig(epochs=100, batch_size=8, lr=1e-3)
+
+    def run_dir(self, variant: str, fold: int, shot: int) -> Path:
+        return self.out_dir / variant / f"fold{fold}_shot{shot}"
+
+
+class EvaluateParams(_Section):
+    """The standard protocol (PROTOCOL-NOTES): fixed seed and episode count per fold."""
+
+    episodes: int = Field(default=1000, ge=1)
+    seed: int = 0
+    resolution: Literal["original", "input"] = "original"
+    batch_size: int = Field(default=8, ge=1)
+    overlays: int = Field(default=4, ge=0)
+    baseline: bool = True
+    out_dir: Path = Path("outputs/evaluate")
+
+    def run_dir(self, variant: str, fold: int, shot: int) -> Path:
+        return self.out_dir / variant / f"fold{fold}_shot{shot}"
+
+
+class Params(_Section):
+    """The whole ``params.yaml``; unknown sections or keys are errors."""
 
     profile: str = "demo"
     model: ModelConfig = ModelConfig()
+    benchmark: BenchmarkParams = BenchmarkParams()
+    weights: WeightsParams = WeightsParams()
+    stage_sa1b: StageSA1BConfig = StageSA1BConfig(output_dir=Path("outputs/data/sa1b"))
+    distill: DistillParams = DistillParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        if self.distill.image_sizes[-1] != self.model.image_size:
+            raise ValueError(
+                f"distill.image_sizes ends at {self.distill.image_sizes[-1]} but model.image_size is "
+                f"{self.model.image_size}: the last distillation stage runs at the model's resolution"
+            )
+        if self.distill.manifest.parent != self.stage_sa1b.output_dir:
+            raise ValueError(
+                f"distill.manifest {self.distill.manifest} is not in stage_sa1b.output_dir {self.stage_sa1b.output_dir}"
+            )
+        return self
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:

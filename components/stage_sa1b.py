@@ -43,7 +43,7 @@ class StageSA1BConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["http", "s3", "local"] = "http"
+    source: Literal["http", "s3", "local", "synthetic"] = "http"
     links_file: Path | None = None  # TSV ``file_name<TAB>cdn_link``; its names define the pool of tars
     tar_dir: Path | None = None  # source "local": a folder holding sa_NNNNNN.tar files
     s3_bucket: str | None = None  # source "s3": tars at s3://<bucket>/<prefix>/sa_NNNNNN.tar
@@ -63,6 +63,9 @@ class StageSA1BConfig(BaseModel):
     backoff_s: float = Field(1.0, ge=0)
     timeout_s: float = Field(60.0, gt=0)
     progress: bool = True
+    # source "synthetic" (the CPU demo): SA-1B-format tars generated under output_dir/synthetic_tars
+    synthetic_tars: int = Field(4, ge=1)
+    synthetic_images_per_tar: int = Field(50, ge=1)
 
     @field_validator("checksums")
     @classmethod
@@ -76,6 +79,8 @@ class StageSA1BConfig(BaseModel):
 
     def check_source(self) -> None:
         """Raise :class:`InputError` naming the field the chosen source needs when it is missing."""
+        if self.source == "synthetic":
+            return
         needed = {"http": "links_file", "s3": "s3_bucket", "local": "tar_dir"}[self.source]
         if getattr(self, needed) is None:
             raise InputError(f"{SECTION}.{needed}: required when source is {self.source!r}")
@@ -210,9 +215,22 @@ def _needs_restage(record: dict | None, needed: int | None, extract_json: bool, 
     return not all((output_dir / row["image"]).is_file() for row in rows)
 
 
+def _generate_synthetic_tars(config: StageSA1BConfig) -> StageSA1BConfig:
+    """Write the demo's SA-1B-format tars (deterministic) and stage them as a local source."""
+    from fsdino.data.synthetic_sa1b import write_synthetic_sa1b
+
+    tar_dir = config.output_dir / "synthetic_tars"
+    generated = write_synthetic_sa1b(
+        tar_dir, num_tars=config.synthetic_tars, images_per_tar=config.synthetic_images_per_tar, seed=config.seed
+    )
+    return config.model_copy(update={"source": "local", "tar_dir": tar_dir, "links_file": generated.links_path})
+
+
 def run(config: StageSA1BConfig) -> dict[str, Any]:
     """Stage the subset described by ``config``; returns a summary (selection, counts, bytes fetched)."""
     config.check_source()
+    if config.source == "synthetic":
+        config = _generate_synthetic_tars(config)
     output_dir = config.output_dir
     store = TarStore(config)
     pool = store.names()

@@ -1,0 +1,140 @@
+"""Pipeline step: the standard few-shot evaluation of one trained (variant, fold, shot).
+
+    python -m components.evaluate --variant full --fold 0 --shot 1 [--params params.yaml]
+
+Runs the fold's fixed test episodes (``evaluate.episodes`` with ``evaluate.seed``) through the best
+checkpoint, scores them at the original mask resolution (255 ignored), and does the same for the
+parameter-free baseline (thresholded prototype cosine similarity of the same frozen encoder, its
+threshold tuned on base-class episodes). Writes ``metrics.json``, ``per_class.csv`` and overlays of a
+fixed handful of episodes (see docs/artifacts.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from components.benchmark_data import FoldData
+from components.cli import params_main
+from components.config import Params
+from fsdino.data.dataset import make_loader
+from fsdino.errors import InputError
+from fsdino.evaluation.engine import Prediction, evaluate, support_foreground
+from fsdino.evaluation.metrics import SegmentationMeter
+from fsdino.io.atomic import atomic_path, write_json_atomic
+from fsdino.models.baseline import PrototypeBaseline, best_threshold
+from fsdino.models.build import load_fsdino
+from fsdino.training.runtime import Runtime, runtime
+from fsdino.viz import episode_panel
+
+THRESHOLDS = torch.linspace(-0.5, 0.95, 30)
+TUNING_EPISODES = 64
+
+
+def overlay_indices(num_episodes: int, count: int) -> set[int]:
+    """``count`` episode indices spread evenly over the list (the same in every run)."""
+    if count <= 0:
+        return set()
+    return {round(i * (num_episodes - 1) / max(count - 1, 1)) for i in range(min(count, num_episodes))}
+
+
+@torch.no_grad()
+def tune_baseline(baseline: PrototypeBaseline, data: FoldData, shot: int, image_size: int, rt: Runtime) -> float:
+    """Pick the similarity threshold on base-class episodes (never the novel classes it is scored on)."""
+    dataset = data.base_episodes_for_tuning(shot, image_size, TUNING_EPISODES, seed=0)
+    similarities, targets = [], []
+    for batch in make_loader(dataset, batch_size=16):
+        supports = support_foreground(batch["support_masks"]).to(rt.device)
+        pcs = baseline.similarity(batch["query_image"].to(rt.device), batch["support_images"].to(rt.device), supports)
+        similarities.append(pcs[:, 0].cpu())
+        targets.append(batch["query_mask"])
+    return best_threshold(torch.cat(similarities), torch.cat(targets), THRESHOLDS)
+
+
+def per_class_table(meter: SegmentationMeter, names: dict[int, str]) -> pd.DataFrame:
+    ious = meter.class_iou()
+    rows = [
+        {
+            "class_id": class_id,
+            "class_name": names.get(class_id, str(class_id)),
+            "iou": ious[class_id],
+            "intersection": int(meter.sums[class_id][0]),
+            "union": int(meter.sums[class_id][1]),
+            "episodes": meter.episodes[class_id],
+        }
+        for class_id in meter.class_ids
+    ]
+    return pd.DataFrame(rows, columns=["class_id", "class_name", "iou", "intersection", "union", "episodes"])
+
+
+def write_overlays(predictions: list[Prediction], folder: Path) -> list[str]:
+    written = []
+    for item in sorted(predictions, key=lambda p: p.index):
+        panel = episode_panel(
+            item.support_images.numpy(), item.support_masks.numpy(), item.query_image.numpy(),
+            item.truth.numpy(), item.prediction.numpy(),
+        )  # fmt: skip
+        path = folder / f"episode_{item.index:04d}.png"
+        with atomic_path(path) as temporary:
+            Image.fromarray(panel).save(temporary, format="PNG")
+        written.append(path.name)
+    return written
+
+
+def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
+    variant, fold, shot = args.variant, args.fold, args.shot
+    checkpoint = params.train.run_dir(variant, fold, shot) / "best.pt"
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: no trained model (run the train step for {variant}, fold {fold}, {shot}-shot)")
+    settings = params.evaluate
+    model, config, _ = load_fsdino(checkpoint)
+    data = FoldData.open(params.benchmark.out, fold)
+    episodes = data.test_episodes(shot, settings.episodes, settings.seed)
+    dataset = data.test_dataset(episodes, config.image_size)
+    keep = overlay_indices(len(episodes), settings.overlays)
+    with runtime(params.train.loop.device, params.train.loop.amp) as rt:
+        model.to(rt.device)
+        loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
+        meter, kept = evaluate(
+            model, loader, data.novel_classes, rt, resolution=settings.resolution, keep=keep, progress=True
+        )
+        baseline_summary = None
+        if settings.baseline:
+            baseline = PrototypeBaseline(model.encoder)
+            baseline.threshold = tune_baseline(baseline, data, shot, config.image_size, rt)
+            loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
+            base_meter, _ = evaluate(baseline, loader, data.novel_classes, rt, resolution=settings.resolution)
+            baseline_summary = {**base_meter.summary(), "threshold": baseline.threshold}
+    out_dir = settings.run_dir(variant, fold, shot)
+    table = per_class_table(meter, data.class_names)
+    with atomic_path(out_dir / "per_class.csv") as temporary:
+        table.to_csv(temporary, index=False)
+    overlays = write_overlays(kept, out_dir / "overlays")
+    metrics = {
+        "dataset": data.test.dataset, "variant": variant, "fold": fold, "shot": shot, **meter.summary(),
+        "seed": settings.seed, "resolution": settings.resolution, "classes": list(data.novel_classes),
+        "missing_classes": meter.missing_classes, "baseline": baseline_summary, "overlays": overlays,
+    }  # fmt: skip
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return {k: metrics[k] for k in ("variant", "fold", "shot", "miou", "fb_iou", "episodes", "baseline")}
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", required=True, choices=["ba_pcs", "ba_svp_pcs", "full"])
+    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument("--shot", type=int, required=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return params_main(run, argv, __doc__.splitlines()[0], _arguments)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""``dvc repro`` for real: a copy of the repository with the tiny profile, in a fresh git repo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.profile import render
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(cwd), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """The tracked files of this repository plus the tiny profile as params.yaml, in a new git repo."""
+    target = tmp_path_factory.mktemp("repo")
+    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
+    tracked = subprocess.run(listing, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in [*tracked, "dvc.yaml", ".dvc/config", ".dvcignore"]:
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    (target / "profiles").mkdir(exist_ok=True)
+    shutil.copy2(ROOT / "tests/pipeline/tiny_profile.yaml", target / "profiles/tiny.yaml")
+    (target / "params.yaml").write_text(render("tiny", target / "profiles"))
+    (target / ".dvc/config").write_text("[core]\n    autostage = true\n    no_scm = false\n")
+    for command in (["git", "init", "-q"], ["git", "add", "-A"]):
+        subprocess.run(command, cwd=target, check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=target, check=True
+    )
+    return target
+
+
+@pytest.fixture(scope="module")
+def reproduced(workspace: Path) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", "repro"], workspace)
+
+
+def test_dvc_repro_runs_every_stage(workspace, reproduced):
+    assert reproduced.returncode == 0, reproduced.stdout[-3000:] + reproduced.stderr[-3000:]
+    metrics = json.loads((workspace / "outputs/evaluate/full/fold0_shot1/metrics.json").read_text())
+    assert metrics["fold"] == 0 and metrics["shot"] == 1 and metrics["episodes"] == 8
+    assert 0.0 <= metrics["miou"] <= 1.0 and metrics["baseline"]["threshold"] is not None
+    distill = [json.loads((workspace / f"outputs/distill/stage{n}/metrics.json").read_text()) for n in (1, 2, 3)]
+    assert [d["image_size"] for d in distill] == [14, 28, 42]
+    assert distill[1]["eval_mse_before"] == pytest.approx(distill[0]["eval_mse_after"])
+    assert (workspace / "outputs/train/full/fold0_shot1/best.pt").is_file()
+    assert "<table" in (workspace / "outputs/report/index.html").read_text()
+
+
+def test_a_second_repro_does_nothing(workspace, reproduced):
+    again = run([sys.executable, "-m", "dvc", "repro"], workspace)
+    assert again.returncode == 0, again.stderr
+    assert "Running stage" not in again.stdout
+    status = run([sys.executable, "-m", "dvc", "status"], workspace)
+    assert "up to date" in status.stdout, status.stdout
+
+
+def test_changing_evaluation_params_reruns_only_evaluation_and_report(workspace, reproduced):
+    params = workspace / "params.yaml"
+    params.write_text(params.read_text().replace("overlays: 2", "overlays: 1"))
+    result = run([sys.executable, "-m", "dvc", "repro"], workspace)
+    assert result.returncode == 0, result.stderr
+    ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"evaluate@full-0-1", "report"}
