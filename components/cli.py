@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.config import Params, load_params
+from components.config import WORK_DIR, Params, load_params
 from fsdino.errors import InputError
 
 EXIT_INPUT_ERROR = 2
@@ -24,14 +24,21 @@ def params_main(
     argv: Sequence[str] | None,
     description: str,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    stage_name: Callable[[argparse.Namespace], str] | None = None,
 ) -> int:
+    """Parse the step's arguments, load ``params.yaml``, run the step inside its MLflow runs, print the summary.
+
+    ``stage_name`` names the step's nested MLflow run (e.g. ``train@full-0-1``, as DVC names the stage).
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        summary = run(load_params(args.params), args)
+        params = load_params(args.params)
+        name = stage_name(args) if stage_name is not None else Path(sys.argv[0]).stem
+        summary = tracked(params, name, lambda: run(params, args))
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR
@@ -69,3 +76,49 @@ def copy_atomic(source: Path, destination: Path) -> None:
 
     with atomic_path(destination) as temporary:
         shutil.copyfile(source, temporary)
+
+
+def tracked(params: Params, stage: str, step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``step`` inside the pipeline's parent MLflow run and a nested run named ``stage``.
+
+    Every stage of one reproduction (same git commit, same parameters) joins the same parent run: its id
+    is kept in ``outputs/.work/mlflow/<digest>.run_id`` (an orchestrator may hand one over in
+    ``FSDINO_MLFLOW_RUN_ID`` instead). Numbers of the step's summary become metrics of the nested run and
+    the small files of its ``out_dir`` its artifacts. With ``tracking.enabled: false`` it only runs ``step``.
+    """
+    if not params.tracking.enabled:
+        return step()
+    import mlflow
+
+    from components import tracking
+
+    root = Path.cwd()
+    commit = tracking.git_state(root).get("git.commit", "")
+    digest = fingerprint(commit, params)
+    run_id_file = WORK_DIR / "mlflow" / f"{digest}.run_id"
+    parent = tracking.pipeline_run(
+        params.tracking, run_name=f"reproduce-{params.profile}", profile=params.profile,
+        params=params.model_dump(mode="json"), run_id_file=run_id_file, root=root,
+    )  # fmt: skip
+    with parent, tracking.stage_run(stage):
+        summary = step()
+        numbers = {k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if numbers:
+            mlflow.log_metrics({tracking.sanitize_key(k): v for k, v in numbers.items()})
+        out_dir = summary.get("out_dir")
+        if out_dir:
+            small = [p for p in Path(out_dir).rglob("*") if p.is_file() and p.suffix in ARTIFACT_SUFFIXES]
+            tracking.log_artifacts_if_exist(small, artifact_path=stage.replace("@", "_"))
+    return summary
+
+
+ARTIFACT_SUFFIXES = frozenset({".json", ".csv", ".png", ".html"})
+
+
+def step_logger(params: Params):
+    """The training loops' per-step metrics sink: MLflow's active run, or ``None`` with tracking off."""
+    if not params.tracking.enabled:
+        return None
+    from components.tracking import metric_logger
+
+    return metric_logger()

@@ -17,6 +17,7 @@ from components.stage_coco import CocoStageConfig
 from components.stage_pascal import PascalStageConfig
 from components.stage_sa1b import StageSA1BConfig
 from components.stage_synthetic import SyntheticStageConfig
+from components.tracking_config import TrackingConfig
 from fsdino.config import ModelConfig, TeacherConfig, Variant
 from fsdino.training.config import LoopConfig
 
@@ -130,6 +131,19 @@ class EvaluateParams(_Section):
         return self.out_dir / variant / f"fold{fold}_shot{shot}"
 
 
+class RegisterParams(_Section):
+    """Which trained model is logged to MLflow and registered; its score is the mean mIoU over the folds.
+
+    Few-shot models are per fold (each fold trains on different base classes): the released model is the
+    ``fold`` one, scored by the mean over every trained fold of its variant and shot.
+    """
+
+    variant: Variant = "full"
+    shot: int = Field(default=1, ge=1)
+    fold: int = Field(default=0, ge=0)
+    out: Path = Path("outputs/register/model.json")
+
+
 class Params(_Section):
     """The whole ``params.yaml``; unknown sections or keys are errors."""
 
@@ -142,6 +156,8 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportConfig = ReportConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    registry: RegisterParams = RegisterParams()
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -154,6 +170,13 @@ class Params(_Section):
             raise ValueError(
                 f"distill.manifest {self.distill.manifest} is not in stage_sa1b.output_dir {self.stage_sa1b.output_dir}"
             )
+        chosen = self.registry
+        if chosen.variant not in self.train.variants or chosen.shot not in self.train.shots:
+            raise ValueError(
+                f"register: ({chosen.variant}, {chosen.shot}-shot) is not trained (see train.variants/shots)"
+            )
+        if chosen.fold not in self.train.folds:
+            raise ValueError(f"registry.fold: {chosen.fold} is not in train.folds {self.train.folds}")
         return self
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from torch.utils.data import Subset
 
-from components.cli import fingerprint, params_main, prepare_work_dir
+from components.cli import fingerprint, params_main, prepare_work_dir, step_logger
 from components.config import WORK_DIR, Params
 from components.teacher_cache import manifest_keys, teacher_id
 from fsdino.checkpoints import load_adapter, save_adapter, sha256_of
@@ -77,7 +77,7 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         mse_before = evaluate_mse(student=student, adapter=adapter, data=val_subset, targets=val_targets, runtime=rt)
         position = distill_stage(
             student=student, adapter=adapter, data=Subset(train_data, train_rows), targets=targets,
-            config=distill.loop, runtime=rt, checkpoint=state, fingerprint=run_id,
+            config=distill.loop, runtime=rt, checkpoint=state, fingerprint=run_id, log=step_logger(params),
         )  # fmt: skip
         mse_after = evaluate_mse(student=student, adapter=adapter, data=val_subset, targets=val_targets, runtime=rt)
         if not rt.is_main:
@@ -93,7 +93,7 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     with atomic_path(out_dir / "history.csv") as temporary:
         history[["stage", "image_size", "epoch", "loss"]].to_csv(temporary, index=False)
     write_json_atomic(out_dir / "metrics.json", metrics)
-    return metrics
+    return {**metrics, "out_dir": str(out_dir)}
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +101,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return params_main(run, argv, __doc__.splitlines()[0], _arguments)
+    return params_main(run, argv, __doc__.splitlines()[0], _arguments, lambda args: f"distill_{args.stage}")
 
 
 if __name__ == "__main__":

@@ -123,7 +123,10 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         "missing_classes": meter.missing_classes, "baseline": baseline_summary, "overlays": overlays,
     }  # fmt: skip
     write_json_atomic(out_dir / "metrics.json", metrics)
-    return {k: metrics[k] for k in ("variant", "fold", "shot", "miou", "fb_iou", "episodes", "baseline")}
+    summary = {k: metrics[k] for k in ("variant", "fold", "shot", "miou", "fb_iou", "episodes")}
+    if baseline_summary is not None:
+        summary.update(baseline_miou=baseline_summary["miou"], baseline_fb_iou=baseline_summary["fb_iou"])
+    return {**summary, "out_dir": str(out_dir)}
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +136,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return params_main(run, argv, __doc__.splitlines()[0], _arguments)
+    return params_main(run, argv, __doc__.splitlines()[0], _arguments, stage_name)
+
+
+def stage_name(args: argparse.Namespace) -> str:
+    """The DVC name of the step (``evaluate@full-0-1``), used for its MLflow run."""
+    return f"{Path(__file__).stem}@{args.variant}-{args.fold}-{args.shot}"
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from components.benchmark_data import FoldData
-from components.cli import copy_atomic, fingerprint, params_main, prepare_work_dir
+from components.cli import copy_atomic, fingerprint, params_main, prepare_work_dir, step_logger
 from components.config import WORK_DIR, Params
 from fsdino.checkpoints import load_adapter, sha256_of
 from fsdino.config import ModelConfig
@@ -79,6 +80,7 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
             episodes=lambda epoch: data.train_dataset(sampler, epoch, size, train.loop.seed),
             validate=_validator(params, data, shot, size, rt),
             metadata={"variant": variant, "fold": fold, "shot": shot, "profile": params.profile},
+            log=step_logger(params),
         )  # fmt: skip
         if not rt.is_main:
             return {}
@@ -95,7 +97,7 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         "final_train_loss": float(history["train_loss"].iloc[-1]),
     }  # fmt: skip
     write_json_atomic(out_dir / "metrics.json", summary)
-    return summary
+    return {**summary, "out_dir": str(out_dir)}
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +107,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return params_main(run, argv, __doc__.splitlines()[0], _arguments)
+    return params_main(run, argv, __doc__.splitlines()[0], _arguments, stage_name)
+
+
+def stage_name(args: argparse.Namespace) -> str:
+    """The DVC name of the step (``train@full-0-1``), used for its MLflow run."""
+    return f"{Path(__file__).stem}@{args.variant}-{args.fold}-{args.shot}"
 
 
 if __name__ == "__main__":

@@ -60,6 +60,10 @@ def test_dvc_repro_runs_every_stage(workspace, reproduced):
     assert distill[1]["eval_mse_before"] == pytest.approx(distill[0]["eval_mse_after"])
     assert (workspace / "outputs/train/full/fold0_shot1/best.pt").is_file()
     assert "<table" in (workspace / "outputs/report/index.html").read_text()
+    registration = json.loads((workspace / "outputs/register/model.json").read_text())
+    assert registration["name"] == "fsdino" and registration["version"] == 1
+    assert registration["aliases"] == ["challenger", "champion"] and registration["promoted"] is True
+    assert registration["mean_miou"] == pytest.approx(metrics["miou"])
 
 
 def test_a_second_repro_does_nothing(workspace, reproduced):
@@ -70,10 +74,10 @@ def test_a_second_repro_does_nothing(workspace, reproduced):
     assert "up to date" in status.stdout, status.stdout
 
 
-def test_changing_evaluation_params_reruns_only_evaluation_and_report(workspace, reproduced):
+def test_changing_evaluation_params_reruns_only_evaluation_report_and_registration(workspace, reproduced):
     params = workspace / "params.yaml"
     params.write_text(params.read_text().replace("overlays: 2", "overlays: 1"))
     result = run([sys.executable, "-m", "dvc", "repro"], workspace)
     assert result.returncode == 0, result.stderr
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"evaluate@full-0-1", "report"}
+    assert ran == {"evaluate@full-0-1", "report", "register"}
