@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+import yaml
 from pydantic import BaseModel, ConfigDict
 
 from components.params import load_section
@@ -56,3 +59,30 @@ def test_unknown_top_level_section_is_named(tmp_path):
 
     with pytest.raises(InputError, match=r"params\.yaml: modle: unknown key"):
         load_params(write(tmp_path, "modle: {}\n"))
+
+
+@pytest.mark.parametrize("name", ["demo", "paper-pascal", "paper-coco"])
+def test_every_shipped_profile_validates(name):
+    from components.profile import render
+
+    rendered = yaml.safe_load(render(name))
+    assert rendered["profile"] == name
+    if name.startswith("paper"):
+        assert rendered["model"]["image_size"] == 518 and rendered["distill"]["image_sizes"] == [126, 252, 518]
+        assert rendered["distill"]["teacher"]["arch"] == "vit_h" and rendered["evaluate"]["episodes"] == 1000
+
+
+def test_committed_params_yaml_is_the_rendered_demo_profile():
+    from components.profile import render
+
+    assert Path("params.yaml").read_text() == render("demo"), "re-render: python -m components.profile demo"
+
+
+def test_every_param_dvc_yaml_declares_is_written_in_params_yaml():
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    for stage in yaml.safe_load(Path("dvc.yaml").read_text())["stages"].values():
+        for key in stage.get("params", []):
+            node = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"dvc.yaml declares {key}, params.yaml lacks it"
+                node = node[part]
