@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from fsdino.errors import InputError
+from fsdino.io.atomic import write_text_atomic
 
 if TYPE_CHECKING:
     from components.config import Params
@@ -88,17 +87,7 @@ def champion_miou(client: MlflowClient, name: str) -> float | None:
 
 def write_registration(result: dict[str, Any], path: Path | str) -> None:
     """Write the registration record as JSON, atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(result, stream, indent=2, sort_keys=True)
-            stream.write("\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:

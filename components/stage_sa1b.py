@@ -32,6 +32,7 @@ from components.downloads import Checksum, RetryPolicy, download, open_http, ope
 from components.params import DEFAULT_PARAMS, read_yaml, validate
 from fsdino.data.sa1b import extract_sa1b_tar, write_manifest
 from fsdino.errors import InputError
+from fsdino.io.atomic import write_text_atomic
 
 SECTION = "stage_sa1b"
 TAR_NAME = re.compile(r"^sa_\d{6}\.tar$")
@@ -198,11 +199,7 @@ def read_record(output_dir: Path, name: str) -> dict | None:
 
 
 def write_record(output_dir: Path, name: str, record: dict) -> None:
-    path = _record_path(output_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(record))
-    os.replace(temporary, path)
+    write_text_atomic(_record_path(output_dir, name), json.dumps(record))
 
 
 def _needs_restage(record: dict | None, needed: int | None, extract_json: bool, output_dir: Path) -> bool:

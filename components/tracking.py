@@ -15,7 +15,6 @@ import math
 import os
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from mlflow.tracking.fluent import ActiveRun
 
 from components.tracking_config import PROJECT_ROOT, TrackingConfig, resolve_tracking_uri
 from fsdino.errors import InputError
+from fsdino.io.atomic import write_text_atomic
 
 __all__ = ["PROJECT_ROOT", "RUN_ID_ENV", "TrackingConfig", "resolve_tracking_uri"]
 
@@ -172,7 +172,7 @@ def pipeline_run(
         active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
     with active:
         if run_id is None and run_id_file is not None:
-            _write_text_atomic(run_id_file, active.info.run_id + "\n")
+            write_text_atomic(run_id_file, active.info.run_id + "\n")
         set_tags({**pipeline_tags(profile, root), **(tags or {})})
         if params and run_id is None:
             mlflow.log_params(flatten_params(params))
@@ -296,15 +296,3 @@ def _active_run_id() -> str:
     if run is None:
         raise RuntimeError("no active MLflow run: call inside pipeline_run()/stage_run() or pass run_id")
     return run.info.run_id
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise

@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from torch import nn
 
 from fsdino.config import ModelConfig
 from fsdino.errors import InputError
+from fsdino.io.atomic import atomic_path
 
 CHECKPOINT_FORMAT = "fsdino-checkpoint"
 ADAPTER_FORMAT = "fsdino-adapter"
@@ -174,16 +173,8 @@ def segmenter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def atomic_torch_save(obj: Any, path: Path | str) -> None:
     """Write with ``torch.save`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(obj, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def save_checkpoint(

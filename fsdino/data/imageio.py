@@ -6,16 +6,15 @@ an unreadable or truncated file raises the subclass :class:`CorruptFileError`, w
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fsdino.errors import InputError
+from fsdino.io.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+__all__ = ["write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 #: PIL modes accepted for label PNGs: one byte per pixel, grey or palette (the index is the label).
 LABEL_MODES = ("L", "P")
@@ -94,25 +93,3 @@ def check_label_header(mask_path: Path | str, image_path: Path | str, modes: tup
             f"{mask_path}: mask is {mask_w}x{mask_h} but its image {Path(image_path).name} is {image_w}x{image_h} "
             "(expected equal sizes)"
         )
-
-
-def write_bytes_atomic(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path | str, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: Path | str, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -10,7 +10,6 @@ that names the image for caching the teacher's (SAM's) embeddings.
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tarfile
 import warnings
@@ -25,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from fsdino.errors import InputError
+from fsdino.io.atomic import atomic_path
 
 #: One row per staged image. ``image`` and ``json`` are paths relative to the manifest's folder
 #: (``json`` is null unless the annotations were staged); ``bytes`` is the JPEG's file size.
@@ -184,10 +184,8 @@ def write_manifest(rows: list[dict[str, Any]], path: Path) -> Path:
     frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     frame = frame.astype({"image_id": "int64", "width": "int32", "height": "int32", "bytes": "int64"})
     frame["json"] = frame["json"].astype("string")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(temporary, index=False)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        frame.to_parquet(temporary, index=False)
     return path
 
 

@@ -7,14 +7,13 @@ Palette PNGs are read by index, never through their colours.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fsdino.errors import InputError
+from fsdino.io.atomic import atomic_path
 
 ALLOWED_MASK_VALUES = frozenset({0, 1, 255})
 IGNORE_VALUE = 255
@@ -81,15 +80,8 @@ def read_support_mask(path: Path | str, expected_size: tuple[int, int]) -> np.nd
 
 
 def _atomic_save(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        image.save(tmp_name, format="PNG")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
 
 
 def write_mask(path: Path | str, mask: np.ndarray) -> None:
