@@ -49,7 +49,7 @@ def _targets(params: Params, rt: Runtime, keys: list[str], image_size: int):
         cache = TeacherCache(distill.teacher_cache, teacher_id=teacher_id(distill.teacher), keys=keys)
         return images, cached_targets(cache)
     teacher_view = SA1BImages(distill.manifest, distill.teacher.image_size, multiple_of=SAM_PATCH_SIZE)
-    return WithTeacherImages(images, teacher_view), online_targets(build_teacher(distill.teacher), rt.device)
+    return WithTeacherImages(images, teacher_view), online_targets(build_teacher(distill.teacher), rt)
 
 
 def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:

@@ -39,10 +39,17 @@ def cached_targets(cache: TeacherCache) -> TargetFn:
     return lambda batch, grid: to_student_grid(cache[batch["index"]], grid)
 
 
-def online_targets(teacher: SamTeacher, device: torch.device) -> TargetFn:
-    """Targets computed by running the teacher on ``batch["teacher_image"]`` (its own input size)."""
-    teacher = teacher.to(device)
-    return lambda batch, grid: to_student_grid(teacher(batch["teacher_image"].to(device)).float(), grid)
+def online_targets(teacher: SamTeacher, runtime: Runtime) -> TargetFn:
+    """Targets computed by running the teacher on ``batch["teacher_image"]`` (its own input size), under the
+    run's autocast (bf16 on GPU: SAM-H in fp32 would dominate the step)."""
+    teacher = teacher.to(runtime.device)
+
+    def targets(batch: dict, grid: int) -> torch.Tensor:
+        with runtime.autocast():
+            embeddings = teacher(batch["teacher_image"].to(runtime.device))
+        return to_student_grid(embeddings.float(), grid)
+
+    return targets
 
 
 class WithTeacherImages(Dataset):

@@ -57,7 +57,7 @@ def test_loss_goes_down(parts, tmp_path):
     student, teacher = parts
     data = WithTeacherImages(Images(12, 56), Images(12, 64))
     position = distill_stage(
-        student=student, adapter=fresh_adapter(), data=data, targets=online_targets(teacher, CPU.device),
+        student=student, adapter=fresh_adapter(), data=data, targets=online_targets(teacher, CPU),
         config=config(epochs=4), runtime=CPU, checkpoint=tmp_path / "state.pt", fingerprint="a",
     )  # fmt: skip
     losses = [entry["loss"] for entry in position.history]
@@ -70,7 +70,7 @@ def test_cached_targets_equal_online_targets(parts, tmp_path):
     path = build_teacher_cache(teacher, Images(6, 64), keys, tmp_path / "cache.npy", teacher_id="tiny@64")
     cache = TeacherCache(path, teacher_id="tiny@64", keys=keys)
     batch = {"index": torch.tensor([4, 1]), "teacher_image": torch.stack([Images(6, 64)[i]["image"] for i in (4, 1)])}
-    cached, online = cached_targets(cache)(batch, 3), online_targets(teacher, CPU.device)(batch, 3)
+    cached, online = cached_targets(cache)(batch, 3), online_targets(teacher, CPU)(batch, 3)
     assert cached.shape == (2, 256, 3, 3)
     assert torch.allclose(cached, online, atol=2e-2)  # fp16 storage
 
@@ -88,7 +88,7 @@ def test_a_cache_of_another_teacher_or_manifest_is_refused(parts, tmp_path):
 def test_resume_after_a_kill_gives_the_same_weights(parts, tmp_path):
     student, teacher = parts
     data = WithTeacherImages(Images(10, 56), Images(10, 64))
-    targets = online_targets(teacher, CPU.device)
+    targets = online_targets(teacher, CPU)
     common = {"student": student, "data": data, "targets": targets, "config": config(), "runtime": CPU}
 
     reference = fresh_adapter()
@@ -119,7 +119,7 @@ def test_evaluate_mse_matches_the_loss_definition(parts):
     student, teacher = parts
     data = WithTeacherImages(Images(3, 56), Images(3, 64))
     adapter = fresh_adapter()
-    targets = online_targets(teacher, CPU.device)
+    targets = online_targets(teacher, CPU)
     mse = evaluate_mse(student=student, adapter=adapter, data=data, targets=targets, runtime=CPU, batch_size=2)
     images = torch.stack([data[i]["image"] for i in range(3)])
     batch = {"teacher_image": torch.stack([data[i]["teacher_image"] for i in range(3)])}
