@@ -1,4 +1,5 @@
-"""The ``fsdino`` command: ``segment`` images from a few examples, ``info`` about a model variant.
+"""The ``fsdino`` command: ``segment`` images from a few examples, ``score`` predictions with the standard
+protocol, ``info`` about a model variant.
 
 Bad input ends with one line on stderr (``fsdino: error: …``), exit code 2, and nothing written.
 """
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--batch-size", type=int, default=4)
     segment.add_argument("--device", default="cpu")
     _model_options(segment)
+
+    score = commands.add_parser("score", help="score predicted masks against ground truth (mIoU, FB-IoU)")
+    score.add_argument("--pred", type=Path, required=True, help="<image>__<class>.png binary masks")
+    score.add_argument("--gt", type=Path, required=True, help="<image>.png label masks (class ids, 255 ignore)")
+    score.add_argument("--classes", type=Path, required=True, help="'<image> <class>' lines (a split file)")
+    score.add_argument("--out", type=Path, help="folder for metrics.json and per_pair.csv")
 
     info = commands.add_parser("info", help="parameter counts and feature shapes of a model, as JSON")
     _model_options(info)
@@ -123,9 +130,25 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_score(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from fsdino.evaluation.scoring import score_folder
+    from fsdino.io.atomic import atomic_path, write_json_atomic
+
+    meter, rows = score_folder(args.pred, args.gt, args.classes)
+    report = {**meter.summary(), "class_iou": {str(k): v for k, v in meter.class_iou().items()}}
+    if args.out is not None:
+        write_json_atomic(args.out / "metrics.json", report)
+        with atomic_path(args.out / "per_pair.csv") as temporary:
+            pd.DataFrame(rows).to_csv(temporary, index=False)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"segment": run_segment, "info": run_info}
+    handlers = {"segment": run_segment, "info": run_info, "score": run_score}
     try:
         return handlers[args.command](args)
     except InputError as error:
