@@ -1,0 +1,378 @@
+"""The ``reproduce`` flow: every stage of ``dvc.yaml`` as a Prefect task, per-fold stages concurrently.
+
+    python -m pipelines                      # the whole DAG in order, one step at a time
+    python -m pipelines --gpus 0 1 2 3       # independent steps four at a time, one GPU each
+
+Each task decides as ``dvc repro`` does, through DVC's own API: an unchanged stage is skipped, one found
+in the run-cache is restored, any other has its outputs removed and its command run in the repository
+root with its output streamed to the Prefect log. Right after it succeeds the stage is committed
+(``dvc commit -f <stage>``), so ``dvc.lock`` matches what is on disk and a later ``dvc repro`` runs
+nothing. A retry re-runs the command, which resumes from the step's own checkpoint in ``outputs/.work/``.
+Each evaluation becomes a table artifact ``fsdino-<variant>-fold<f>-shot<k>``; the flow ends with the
+markdown artifact ``fsdino-summary`` (mIoU per fold and mean).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import chdir, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Queue
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipelines.dag import Step, dvc_target, load_steps, select
+
+EXIT_INPUT_ERROR = 2  # the components' exit code for bad input (components.cli): a retry cannot help
+OUTPUT_TAIL_LINES = 40
+GPU_TAG = "gpu"  # on per-fold tasks: a Prefect tag concurrency limit of this name bounds them server-wide
+EVALUATE_GROUP = "evaluate"  # the stage group whose outputs are the per-fold results (docs/artifacts.md)
+SUMMARY_KEY = "fsdino-summary"
+UP_TO_DATE, RESTORED, RAN = "up to date", "restored from run-cache", "ran"
+_DVC_LOCK = threading.Lock()  # one DVC operation at a time in this process; DVC's own lock is per process
+
+
+class StepFailedError(RuntimeError):
+    """A step's command exited non-zero; the message names the step and ends with its last output lines."""
+
+    def __init__(self, step: str, returncode: int, tail: Sequence[str]) -> None:
+        self.step, self.returncode = step, returncode
+        super().__init__(f"step {step} failed with exit code {returncode}; its last output:\n" + "\n".join(tail))
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How every step of one flow run treats DVC: see :func:`reproduce`."""
+
+    root: str
+    force: bool = False
+    commit: bool = True
+    pull: bool = False
+
+
+class Slots:
+    """Bounds how many step commands run at once; with GPU ids, each running command holds one GPU."""
+
+    def __init__(self, devices: Sequence[str | None]) -> None:
+        if not devices:
+            raise ValueError("at least one slot (max_parallel >= 1 or one GPU id) is needed")
+        self._free: Queue[str | None] = Queue()
+        for device in devices:
+            self._free.put(device)
+
+    @contextmanager
+    def hold(self) -> Iterator[str | None]:
+        """Wait for a free slot; yields its GPU id (``None`` when the slots are not GPUs)."""
+        device = self._free.get()
+        try:
+            yield device
+        finally:
+            self._free.put(device)
+
+
+# --- running one step -------------------------------------------------------------------------------
+
+
+def shell_argv(command: str) -> list[str]:
+    """The command line DVC uses for a stage command: ``$SHELL -c``, without the shell's rc files."""
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    no_rc = {"bash": ["--noprofile", "--norc"], "zsh": ["--no-rcs"]}.get(Path(shell).name, [])
+    return [shell, *no_rc, "-c", command]
+
+
+def step_env(step: Step, root: Path, device: str | None) -> dict[str, str]:
+    """The environment of a step: this one, plus DVC's ``DVC_ROOT``/``DVC_STAGE`` and the slot's GPU.
+
+    This interpreter's folder goes first on ``PATH`` so that ``python -m components.…`` is the
+    environment the flow runs in (a worker started by absolute path has no activated venv).
+    """
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(DVC_ROOT=str(root), DVC_STAGE=step.name, PYTHONUNBUFFERED="1")
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    return env
+
+
+def stream(argv: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run ``argv``, sending each output line to ``log``; returns the exit code and the last lines.
+
+    A progress bar redraws with carriage returns: only its last state of each line is logged.
+    """
+    tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    for raw in process.stdout:
+        line = raw.decode(errors="replace").rstrip("\r\n").rsplit("\r", 1)[-1]
+        tail.append(line)
+        log(line)
+    return process.wait(), list(tail)
+
+
+def execute(step: Step, root: Path, device: str | None, log: Callable[[str], None]) -> None:
+    """Run the step's commands in order in its working folder; raises :class:`StepFailedError` on the first failure."""
+    env = step_env(step, root, device)
+    for command in step.cmd:
+        log(f"> {command}")
+        code, tail = stream(shell_argv(command), root / step.wdir, env, log)
+        if code != 0:
+            raise StepFailedError(step.name, code, tail)
+
+
+# --- asking DVC -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def dvc_repo(root: str) -> Iterator[Any]:
+    """DVC's ``Repo`` at ``root``, one at a time, with the current folder at ``root`` meanwhile.
+
+    Parts of DVC (the run-cache) resolve paths against the current folder, as its CLI always runs inside
+    the project. Every path this module hands to another thread or process is absolute, so the brief
+    change of folder under the lock is invisible to the steps running beside it.
+    """
+    from dvc.repo import Repo
+
+    with _DVC_LOCK, chdir(root), Repo(root) as repo:
+        yield repo
+
+
+def prepare(name: str, options: StepOptions) -> str:
+    """Decide a stage as ``dvc repro`` does: :data:`UP_TO_DATE`, :data:`RESTORED`, or :data:`RAN` (to run).
+
+    A changed stage has its outputs removed (``persist`` ones kept), then is restored when the run-cache
+    has a run with the same command, dependencies and parameters; only otherwise is it to run.
+    """
+    from dvc.repo import lock_repo
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    with dvc_repo(options.root) as repo, lock_repo(repo):
+        (stage,) = repo.stage.collect(dvc_target(options.root, name))
+        if not options.force and (stage.frozen or not stage.changed()):
+            return UP_TO_DATE
+        stage.remove_outs(ignore_remove=False, force=False)
+        if options.force:
+            return RAN
+        try:
+            repo.stage_cache.restore(stage, pull=options.pull)
+        except RunCacheNotFoundError:
+            return RAN
+        return RESTORED
+
+
+def commit(names: Sequence[str], root: str) -> None:
+    """``dvc commit -f`` of the stages: outputs into the cache and the run-cache, ``dvc.lock`` updated."""
+    with dvc_repo(root) as repo:
+        for name in names:
+            repo.commit(dvc_target(root, name), force=True)
+
+
+def dvc(arguments: list[str], root: Path, log: Callable[[str], None]) -> None:
+    """Run a ``dvc`` command (``pull``/``push``) of this environment in ``root``; raises on failure."""
+    argv = [sys.executable, "-m", "dvc", *arguments]
+    code, tail = stream(argv, root, dict(os.environ), log)
+    if code != 0:
+        raise StepFailedError("dvc " + " ".join(arguments), code, tail)
+
+
+def is_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry condition: every failure but a step's bad-input exit (code 2), which would fail again."""
+    error = state.result(raise_on_failure=False)
+    return not (isinstance(error, StepFailedError) and error.returncode == EXIT_INPUT_ERROR)
+
+
+@task(retries=2, retry_delay_seconds=60, retry_condition_fn=is_transient, cache_policy=NO_CACHE)
+def run_step(step: Step, options: StepOptions, slots: Slots) -> str:
+    """One DVC stage: skipped, restored or run (holding a slot), then committed; returns what happened."""
+    logger = get_run_logger()
+    action = prepare(step.name, options)
+    if action == RAN:
+        with slots.hold() as device:
+            logger.info("running %s%s", step.name, f" on GPU {device}" if device is not None else "")
+            execute(step, Path(options.root), device, logger.info)
+    if options.commit and action != UP_TO_DATE:
+        commit([step.name], options.root)
+    logger.info("%s: %s", step.name, action)
+    if step.group == EVALUATE_GROUP:
+        publish_fold(step, Path(options.root))
+    return action
+
+
+# --- artifacts --------------------------------------------------------------------------------------
+
+
+def artifact_key(variant: str, fold: int, shot: int) -> str:
+    """The per-fold artifact key, stable across runs: ``fsdino-ba-svp-pcs-fold2-shot5``."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"fsdino-{variant}-fold{fold}-shot{shot}".lower())
+
+
+def evaluation_dir(step: Step, root: Path) -> Path | None:
+    """The output folder of an evaluate step that holds its ``metrics.json``, if written."""
+    found = [root / out for out in step.outs if (root / out / "metrics.json").is_file()]
+    return found[0] if found else None
+
+
+def _cell(value: str) -> Any:
+    """A CSV value as a number when it is one (NaN as empty), else the text."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return None if math.isnan(number) else int(number) if number.is_integer() and "." not in value else number
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+
+
+def publish_fold(step: Step, root: Path) -> str | None:
+    """The table artifact of one evaluation (per-class IoU), described by its mIoU; returns its key."""
+    folder = evaluation_dir(step, root)
+    if folder is None:
+        return None
+    metrics = json.loads((folder / "metrics.json").read_text())
+    with (folder / "per_class.csv").open(newline="") as handle:
+        rows = [{name: _cell(value) for name, value in row.items()} for row in csv.DictReader(handle)]
+    key = artifact_key(metrics["variant"], metrics["fold"], metrics["shot"])
+    baseline = metrics.get("baseline") or {}
+    description = (
+        f"**{step.name}**: mIoU {_percent(metrics.get('miou'))}%, FB-IoU {_percent(metrics.get('fb_iou'))}% over "
+        f"{metrics.get('episodes')} episodes (baseline mIoU {_percent(baseline.get('miou'))}%)"
+    )
+    create_table_artifact(rows, key=key, description=description)
+    return key
+
+
+def summary_markdown(results: Sequence[dict[str, Any]]) -> str:
+    """mIoU (%) per fold, one row per (variant, shot), with the mean over folds: the paper's table layout."""
+    folds = sorted({r["fold"] for r in results})
+    rows: dict[tuple[str, int], dict[int, float]] = {}
+    for result in results:
+        rows.setdefault((result["variant"], result["shot"]), {})[result["fold"]] = result["miou"]
+    lines = [
+        "# FS-DINO reproduction: mIoU (%) per fold",
+        "",
+        "| variant | shot | " + " | ".join(f"fold {f}" for f in folds) + " | mean |",
+        "| --- | --- | " + " | ".join("---:" for _ in folds) + " | ---: |",
+    ]
+    for (variant, shot), by_fold in sorted(rows.items()):
+        mean = sum(by_fold.values()) / len(by_fold)
+        cells = " | ".join(_percent(by_fold.get(f)) for f in folds)
+        lines.append(f"| {variant} | {shot} | {cells} | {_percent(mean)} |")
+    return "\n".join(lines) + "\n"
+
+
+def publish_summary(steps: Sequence[Step], root: Path) -> str | None:
+    """The markdown artifact :data:`SUMMARY_KEY` over the evaluations present on disk."""
+    folders = [evaluation_dir(step, root) for step in steps if step.group == EVALUATE_GROUP]
+    results = [json.loads((folder / "metrics.json").read_text()) for folder in folders if folder is not None]
+    if not results:
+        return None
+    create_markdown_artifact(summary_markdown(results), key=SUMMARY_KEY, description="mIoU per fold and mean")
+    return SUMMARY_KEY
+
+
+# --- the flow ---------------------------------------------------------------------------------------
+
+
+def use_params(root: Path, params: str) -> None:
+    """Make ``params`` the project's ``params.yaml`` (DVC and every step read that file)."""
+    source, target = (root / params).resolve(), root / "params.yaml"
+    if source != target.resolve():
+        shutil.copyfile(source, target)
+        get_run_logger().info("params.yaml is now a copy of %s", source)
+
+
+def submit_all(steps: Sequence[Step], options: StepOptions, slots: Slots, retries: int, delay: float) -> dict:
+    """Submit every step with ``wait_for`` on its upstream futures; independent steps run side by side."""
+    futures: dict[str, PrefectFuture] = {}
+    for step in steps:
+        tags = {"fsdino", step.group} | ({GPU_TAG} if step.expanded else set())
+        configured = run_step.with_options(
+            name=f"stage-{step.group}", task_run_name=step.name, tags=tags, retries=retries, retry_delay_seconds=delay
+        )
+        upstream = [futures[name] for name in sorted(step.upstream) if name in futures]
+        futures[step.name] = configured.submit(step, options, slots, wait_for=upstream)
+    return futures
+
+
+def outcomes(futures: dict[str, PrefectFuture]) -> dict[str, str]:
+    """What each step did, once all are final; raises the first failure in DAG order."""
+    wait(list(futures.values()))
+    failed = [name for name, future in futures.items() if not future.state.is_completed()]
+    for name in failed:
+        state = futures[name].state
+        if state.is_failed() or state.is_crashed():
+            futures[name].result()  # raises the step's own error
+    if failed:
+        raise RuntimeError(f"steps did not complete: {', '.join(failed)}")
+    return {name: future.result() for name, future in futures.items()}
+
+
+@flow(name="fsdino-reproduce", task_runner=ThreadPoolTaskRunner())
+def reproduce(
+    root: str = ".",
+    params: str = "params.yaml",
+    stages: list[str] | None = None,
+    max_parallel: int = 1,
+    gpus: list[str] | None = None,
+    commit: bool = True,
+    force: bool = False,
+    pull: bool = False,
+    push: bool = False,
+    retries: int = 2,
+    retry_delay_seconds: float = 60.0,
+) -> dict[str, str]:
+    """Reproduce the DVC pipeline at ``root`` (or the sub-DAG of ``stages``) as Prefect tasks.
+
+    Args:
+        root: the DVC project (repository root).
+        params: parameters file, relative to ``root``; copied over ``params.yaml`` when it is another file.
+        stages: stage names, groups or globs (``train@*-2-*``) to run with their upstream; all when empty.
+        max_parallel: how many step commands may run at once (ignored when ``gpus`` is given).
+        gpus: GPU ids; one command per GPU at a time, pinned with ``CUDA_VISIBLE_DEVICES``.
+        commit: ``dvc commit -f`` each step once it succeeds (``dvc.lock`` then matches the outputs).
+        force: run every selected step even when DVC says it is up to date.
+        pull: ``dvc pull --run-cache`` the selected stages first, and restore run-cache hits from the remote.
+        push: ``dvc push --run-cache`` the selected stages at the end (needs ``commit``).
+        retries, retry_delay_seconds: per step, for failures other than bad input.
+
+    Returns:
+        ``{stage name: "ran" | "up to date" | "restored from run-cache"}`` in DAG order.
+    """
+    if push and not commit:
+        raise ValueError("push needs commit: only committed outputs are in the DVC cache")
+    logger = get_run_logger()
+    root_path = Path(root).resolve()
+    use_params(root_path, params)
+    steps = load_steps(root_path)
+    steps = select(steps, stages) if stages else steps
+    names = [step.name for step in steps]
+    logger.info("%d steps: %s", len(steps), ", ".join(names))
+    if pull:
+        dvc(["pull", "--run-cache", "--allow-missing", *names], root_path, logger.info)
+    options = StepOptions(root=str(root_path), force=force, commit=commit, pull=pull)
+    slots = Slots(list(gpus) if gpus else [None] * max_parallel)
+    futures = submit_all(steps, options, slots, retries, retry_delay_seconds)
+    try:
+        done = outcomes(futures)
+    finally:
+        publish_summary(steps, root_path)
+    if push:
+        dvc(["push", "--run-cache", *names], root_path, logger.info)
+    return done
