@@ -122,3 +122,15 @@ def step_logger(params: Params):
     from components.tracking import metric_logger
 
     return metric_logger()
+
+
+def fold_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--variant --fold --shot``: the options of the per-fold steps (train, evaluate)."""
+    parser.add_argument("--variant", required=True, choices=["ba_pcs", "ba_svp_pcs", "full"])
+    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument("--shot", type=int, required=True)
+
+
+def fold_step_name(step: str) -> Callable[[argparse.Namespace], str]:
+    """Names a per-fold step's MLflow run as DVC names the stage (``train@full-0-1``)."""
+    return lambda args: f"{step}@{args.variant}-{args.fold}-{args.shot}"

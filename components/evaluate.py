@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from components.benchmark_data import FoldData
-from components.cli import params_main
+from components.cli import fold_step_arguments, fold_step_name, params_main
 from components.config import Params
 from fsdino.data.dataset import make_loader
 from fsdino.errors import InputError
@@ -129,19 +129,8 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     return {**summary, "out_dir": str(out_dir)}
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", required=True, choices=["ba_pcs", "ba_svp_pcs", "full"])
-    parser.add_argument("--fold", type=int, required=True)
-    parser.add_argument("--shot", type=int, required=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return params_main(run, argv, __doc__.splitlines()[0], _arguments, stage_name)
-
-
-def stage_name(args: argparse.Namespace) -> str:
-    """The DVC name of the step (``evaluate@full-0-1``), used for its MLflow run."""
-    return f"{Path(__file__).stem}@{args.variant}-{args.fold}-{args.shot}"
+    return params_main(run, argv, __doc__.splitlines()[0], fold_step_arguments, fold_step_name("evaluate"))
 
 
 if __name__ == "__main__":

@@ -14,13 +14,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from components.benchmark_data import FoldData
-from components.cli import copy_atomic, fingerprint, params_main, prepare_work_dir, step_logger
+from components.cli import (
+    copy_atomic,
+    fingerprint,
+    fold_step_arguments,
+    fold_step_name,
+    params_main,
+    prepare_work_dir,
+    step_logger,
+)
 from components.config import WORK_DIR, Params
 from fsdino.checkpoints import load_adapter, sha256_of
 from fsdino.config import ModelConfig
@@ -100,19 +107,8 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     return {**summary, "out_dir": str(out_dir)}
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", required=True, choices=["ba_pcs", "ba_svp_pcs", "full"])
-    parser.add_argument("--fold", type=int, required=True)
-    parser.add_argument("--shot", type=int, required=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return params_main(run, argv, __doc__.splitlines()[0], _arguments, stage_name)
-
-
-def stage_name(args: argparse.Namespace) -> str:
-    """The DVC name of the step (``train@full-0-1``), used for its MLflow run."""
-    return f"{Path(__file__).stem}@{args.variant}-{args.fold}-{args.shot}"
+    return params_main(run, argv, __doc__.splitlines()[0], fold_step_arguments, fold_step_name("train"))
 
 
 if __name__ == "__main__":

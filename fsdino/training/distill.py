@@ -18,14 +18,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from fsdino.models.adapter import BottleneckAdapter
 from fsdino.models.encoder import DinoV2Encoder
 from fsdino.models.teacher import SamTeacher, to_student_grid
 from fsdino.training.checkpointing import RunPosition, load_training_state, save_training_state
 from fsdino.training.config import LoopConfig
-from fsdino.training.runtime import Runtime, chunk, epoch_order
+from fsdino.training.runtime import Runtime, chunk, epoch_order, epoch_progress, optimizer_step
 from fsdino.training.teacher_cache import TeacherCache
 
 #: Maps a batch and the student's grid side to the teacher targets B×256×grid×grid.
@@ -123,27 +122,13 @@ def distill_stage(
         batches = chunk(order, config.batch_size, config.max_steps_per_epoch)
         loader = DataLoader(data, batch_sampler=batches[position.step :], num_workers=config.num_workers)
         description = f"distill epoch {position.epoch + 1}/{config.epochs}"
-        progress = tqdm(
-            loader,
-            total=len(batches),
-            initial=position.step,
-            desc=description,
-            disable=not runtime.is_main,
-            leave=False,
-        )
+        progress = epoch_progress(loader, len(batches), position.step, description, runtime)
         for batch in progress:
             with runtime.autocast():
                 prediction = trained(student(batch["image"].to(device)).layer3)
             target = targets(batch, prediction.shape[-1]).to(device)
             loss = F.mse_loss(prediction.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            optimizer_step(loss, optimizer, scaler)
             position.add({"loss": loss.item()})
             progress.set_postfix(mse=f"{loss.item():.4f}")
             if log is not None and runtime.is_main:

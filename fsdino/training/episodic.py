@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from fsdino.checkpoints import check_state_matches, save_checkpoint, segmenter_state
 from fsdino.config import ModelConfig
@@ -25,7 +24,7 @@ from fsdino.losses import fsdino_loss
 from fsdino.models.fsdino import FSDINO
 from fsdino.training.checkpointing import RunPosition, load_training_state, save_training_state
 from fsdino.training.config import LoopConfig
-from fsdino.training.runtime import Runtime, chunk, epoch_order
+from fsdino.training.runtime import Runtime, chunk, epoch_order, epoch_progress, optimizer_step
 
 #: epoch → the training EpisodeDataset of that epoch.
 EpisodesFn = Callable[[int], Dataset]
@@ -94,14 +93,7 @@ def train_episodic(
             pin_memory=device.type == "cuda",
         )  # fmt: skip
         description = f"train epoch {position.epoch + 1}/{config.epochs}"
-        progress = tqdm(
-            loader,
-            total=len(batches),
-            initial=position.step,
-            desc=description,
-            disable=not runtime.is_main,
-            leave=False,
-        )
+        progress = epoch_progress(loader, len(batches), position.step, description, runtime)
         for batch in progress:
             with runtime.autocast():
                 output = trained(
@@ -110,14 +102,7 @@ def train_episodic(
                     support_foreground(batch["support_masks"]).to(device, non_blocking=True),
                 )
             terms = fsdino_loss(output.mask_logits.float(), _float(output.prior_logits), batch["query_mask"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(terms.total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                terms.total.backward()
-                optimizer.step()
+            optimizer_step(terms.total, optimizer, scaler)
             values = {"train_loss": terms.total.item(), "train_loss_final": terms.final.item()}
             values["train_loss_prior"] = terms.prior.item()
             position.add(values)

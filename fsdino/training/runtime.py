@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
 
@@ -107,3 +109,24 @@ def chunk(order: list[int], batch_size: int, max_batches: int | None = None) -> 
     """Split an order into batches, keeping at most ``max_batches``."""
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return batches[:max_batches] if max_batches else batches
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """Backward and step, through the grad scaler when fp16 autocast needs one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def epoch_progress(loader: Iterable, total: int, done: int, description: str, runtime: Runtime) -> tqdm:
+    """A progress bar for one epoch (rank 0 only); in logs (no terminal) it updates every 30 s, not per step."""
+    interactive = sys.stderr.isatty()
+    return tqdm(
+        loader, total=total, initial=done, desc=description, disable=not runtime.is_main, leave=False,
+        mininterval=0.1 if interactive else 30.0,
+    )  # fmt: skip
