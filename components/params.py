@@ -63,3 +63,24 @@ def load_section(model: type[ModelT], section: str, path: Path | str = DEFAULT_P
     if section not in data:
         raise InputError(f"{path}: missing section {section!r}")
     return validate(model, data[section], str(path), section)
+
+
+def section_values(
+    params_path: Path | None, section_name: str | None, default_section: str
+) -> tuple[dict[str, Any], Path, str]:
+    """The mapping under one section of a params file, for steps that also take flag overrides.
+
+    A file or section named explicitly must exist; otherwise ``params.yaml`` is read only when present and
+    a missing section reads as empty. Returns (values, the file's path, the section's name).
+    """
+    path, wanted = params_path or DEFAULT_PARAMS, section_name or default_section
+    explicit = params_path is not None or section_name is not None
+    if not explicit and not path.is_file():
+        return {}, path, wanted
+    params = read_yaml(path)
+    if explicit and wanted not in params:
+        raise InputError(f"{path}: missing section {wanted!r}")
+    values = params.get(wanted) or {}
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: {wanted}: expected a mapping, got {type(values).__name__}")
+    return dict(values), path, wanted

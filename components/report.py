@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.params import DEFAULT_PARAMS, read_yaml, validate
+from components.params import DEFAULT_PARAMS, section_values, validate
 from components.report_data import ReportData, collect
 from components.report_html import page, sections
 from components.report_tables import VARIANT_ORDER, ordered_variants
@@ -137,16 +137,7 @@ def load_config(argv: Sequence[str] | None) -> tuple[ReportConfig | None, argpar
     args = parser.parse_args(argv)
     if args.print_plot_specs:
         return None, args
-    path, section = args.params or DEFAULT_PARAMS, args.section or "report"
-    explicit = args.params is not None or args.section is not None
-    values: dict[str, Any] = {}
-    if explicit or path.is_file():
-        params = read_yaml(path)
-        if explicit and section not in params:
-            raise InputError(f"{path}: missing section {section!r}")
-        values = params.get(section) or {}
-        if not isinstance(values, dict):
-            raise InputError(f"{path}: {section}: expected a mapping, got {type(values).__name__}")
+    values, path, section = section_values(args.params, args.section, "report")
     source, prefix = (str(path), section) if values else ("command line", "")
     for name in ReportConfig.model_fields:
         if getattr(args, name) is not None:

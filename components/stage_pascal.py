@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.params import DEFAULT_PARAMS, read_yaml, validate
+from components.params import DEFAULT_PARAMS, section_values, validate
 from fsdino.data import pascal
 from fsdino.data.benchmark import write_benchmark
 from fsdino.errors import InputError
@@ -123,18 +123,7 @@ def build_config(model: type[ConfigT], argv: Sequence[str] | None, section: str,
     for name, field in model.model_fields.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=field.description)
     arguments = vars(parser.parse_args(argv))
-    params_path, section_name = arguments.pop("params"), arguments.pop("section")
-    path, wanted = params_path or DEFAULT_PARAMS, section_name or section
-    explicit = params_path is not None or section_name is not None
-    data: dict[str, Any] = {}
-    if explicit or path.is_file():
-        params = read_yaml(path)
-        if explicit and wanted not in params:
-            raise InputError(f"{path}: missing section {wanted!r}")
-        section_data = params.get(wanted) or {}
-        if not isinstance(section_data, dict):
-            raise InputError(f"{path}: {wanted}: expected a mapping, got {type(section_data).__name__}")
-        data = dict(section_data)
+    data, path, wanted = section_values(arguments.pop("params"), arguments.pop("section"), section)
     from_file = bool(data)
     data.update(_flag_overrides(model, arguments))
     return validate(model, data, str(path) if from_file else "command line", wanted if from_file else "")
