@@ -42,11 +42,11 @@ class FoldData:
     def train_sampler(self, shot: int, seed: int, episodes_per_epoch: int | None) -> TrainEpisodeSampler:
         return TrainEpisodeSampler(self.train.pairs, shot, seed=seed, episodes_per_epoch=episodes_per_epoch)
 
-    def train_dataset(self, sampler: TrainEpisodeSampler, epoch: int, image_size: int, seed: int) -> EpisodeDataset:
+    def train_dataset(
+        self, sampler: TrainEpisodeSampler, epoch: int, transform: TrainTransform, seed: int
+    ) -> EpisodeDataset:
         episodes = sampler.episodes(epoch)
-        return EpisodeDataset(
-            self.train.source, episodes, TrainTransform(image_size), training=True, seed=seed, epoch=epoch
-        )
+        return EpisodeDataset(self.train.source, episodes, transform, training=True, seed=seed, epoch=epoch)
 
     def base_episodes_for_tuning(self, shot: int, image_size: int, count: int, seed: int) -> EpisodeDataset:
         """Base-class episodes without augmentation, for tuning the baseline's threshold (never novel classes)."""

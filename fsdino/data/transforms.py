@@ -83,14 +83,46 @@ class TrainTransform:
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = rng.uniform(*self.scale_range)
+        angle = rng.uniform(*self.rotate_range) if rng.random() < self.rotate_p else None
+        blur = rng.random() < self.blur_p
+        flip = rng.random() < self.flip_p
+        return self._apply(image, mask, scale, angle, blur, flip, rng)
+
+    @property
+    def flip_only(self) -> bool:
+        """True when a horizontal flip is the only random choice (no scale, rotation, blur or random crop)."""
+        fixed_scale = self.scale_range[0] == self.scale_range[1] == 1.0
+        return fixed_scale and self.fit_long_side and self.rotate_p == 0 and self.blur_p == 0
+
+    def views(self, image: np.ndarray, mask: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every output this transform can produce for one pair: [unflipped, flipped] (``flip_only`` only).
+
+        Used to precompute the frozen encoder's features of everything training will see.
+        """
+        if not self.flip_only:
+            raise ValueError("TrainTransform.views needs a flip-only transform (scale 1, no rotation, no blur)")
+        crop_rng = np.random.default_rng(0)  # the crop is the whole S×S padded image: nothing is drawn
+        return [self._apply(image, mask, 1.0, None, False, flip, crop_rng) for flip in (False, True)]
+
+    def _apply(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        scale: float,
+        angle: float | None,
+        blur: bool,
+        flip: bool,
+        rng: np.random.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = mask.shape
-        factor = rng.uniform(*self.scale_range) * (self.size / max(height, width) if self.fit_long_side else 1.0)
+        factor = scale * (self.size / max(height, width) if self.fit_long_side else 1.0)
         image, mask = resize_pair(image, mask, max(1, round(height * factor)), max(1, round(width * factor)))
-        if rng.random() < self.rotate_p:
-            image, mask = self._rotate(image, mask, rng.uniform(*self.rotate_range))
-        if rng.random() < self.blur_p:
+        if angle is not None:
+            image, mask = self._rotate(image, mask, angle)
+        if blur:
             image = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius=1.1)))
-        if rng.random() < self.flip_p:
+        if flip:
             image, mask = image[:, ::-1], mask[:, ::-1]
         image, mask = self._pad(image, mask)
         image, mask = self._crop(image, mask, rng)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fsdino.config import PATCH_SIZE
+from fsdino.models.feature_memo import FeatureMemo
 
 #: Block index of "DINOv2's 3rd layer" (paper §2.1, §3.3): the output of the third Transformer block.
 ADAPTER_LAYER = 2
@@ -37,6 +38,9 @@ class DinoV2Encoder(nn.Module):
         std: per-channel std from the same config.
         blocks: ``None`` to run every block, or ``3`` to run only the first three (distillation: the
             other blocks are never computed and ``last`` is ``None``).
+
+    ``memo`` (default ``None``) may hold a :class:`~fsdino.models.feature_memo.FeatureMemo`: the full
+    encoder then computes only the images it has not seen (exact: the encoder is frozen).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class DinoV2Encoder(nn.Module):
         self.blocks = blocks
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.memo: FeatureMemo | None = None
         self.requires_grad_(False)
         self.eval()
 
@@ -74,15 +79,26 @@ class DinoV2Encoder(nn.Module):
         height, width = images.shape[-2:]
         if height % PATCH_SIZE or width % PATCH_SIZE:
             raise ValueError(f"image size must be a multiple of {PATCH_SIZE}, got {height}×{width}")
-        x = (images - self.mean) / self.std
-        with torch.no_grad():
-            if self.blocks is not None:
+        if self.blocks is not None:
+            with torch.no_grad():
                 (layer3,) = self.vit.forward_intermediates(
-                    x, indices=[ADAPTER_LAYER], output_fmt="NCHW", intermediates_only=True, stop_early=True
-                )
-                return EncoderFeatures(layer3=layer3, last=None)
-            layer3, last = self.vit.forward_intermediates(
-                x, indices=[ADAPTER_LAYER, self.depth - 1], output_fmt="NCHW", intermediates_only=True
-            )
-            last = self.vit.norm(last.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return EncoderFeatures(layer3=layer3, last=last)
+                    self._normalise(images), indices=[ADAPTER_LAYER], output_fmt="NCHW", intermediates_only=True,
+                    stop_early=True,
+                )  # fmt: skip
+            return EncoderFeatures(layer3=layer3, last=None)
+        if self.memo is not None:
+            return EncoderFeatures(*self.memo.lookup(images, self._full))
+        return EncoderFeatures(*self._full(images))
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    @torch.no_grad()
+    def _full(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B×3×H×W → (layer3, last) of every block's pass."""
+        layer3, last = self.vit.forward_intermediates(
+            self._normalise(images), indices=[ADAPTER_LAYER, self.depth - 1], output_fmt="NCHW",
+            intermediates_only=True,
+        )  # fmt: skip
+        last = self.vit.norm(last.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return layer3, last
