@@ -67,6 +67,17 @@ class EncoderConfig(BaseModel):
         raise ValueError(f"expected 'hub', 'random' or a path to a DINOv2 .pth file, got {value!r}")
 
 
+class CorrelationConfig(BaseModel):
+    """Widths of the 4D correlation module (§3.4.1): the paper's 1×1 reduction to 512 channels and the
+    upsampling convolutions (256, 128, 64) at 518 px. Smaller grids (the CPU demo's 8×8 has 64 support
+    positions, not 1369) may use narrower ones; ``fsdino info`` prints the resulting size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden_dim: int = Field(default=512, ge=1)
+    up_dims: tuple[int, int, int] = (256, 128, 64)
+
+
 class ModelConfig(BaseModel):
     """Everything needed to rebuild an FS-DINO network (stored inside every checkpoint)."""
 
@@ -75,6 +86,7 @@ class ModelConfig(BaseModel):
     variant: Variant = "full"
     encoder: EncoderConfig = EncoderConfig()
     image_size: int = Field(default=518, gt=0)
+    correlation: CorrelationConfig = CorrelationConfig()
     sam_checkpoint: Path | None = None
     sam_checkpoint_sha256: str | None = Field(default=str(SAM_CHECKPOINTS["vit_h"]["sha256"]), pattern=_SHA256_PATTERN)
 

@@ -56,7 +56,10 @@ def build_encoder(config: EncoderConfig, image_size: int = 518, blocks: int | No
 def build_fsdino(config: ModelConfig, *, load_sam: bool = True) -> FSDINO:
     """Build FS-DINO from its config; the decoder side is initialised from SAM when a checkpoint is set."""
     encoder = build_encoder(config.encoder, config.image_size)
-    correlation = Correlation4D(grid_size=config.grid_size) if config.variant == "full" else None
+    correlation = None
+    if config.variant == "full":
+        widths = config.correlation
+        correlation = Correlation4D(grid_size=config.grid_size, hidden_dim=widths.hidden_dim, up_dims=widths.up_dims)
     model = FSDINO(
         encoder=encoder,
         adapter=BottleneckAdapter(in_dim=encoder.embed_dim),

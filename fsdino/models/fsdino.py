@@ -134,11 +134,13 @@ class FSDINO(nn.Module):
         grid = image_embeddings.shape[-2:]
         prior = None
         if self.correlation is not None:
-            per_shot = [
-                self.correlation(features.last, support.masked_features[:, shot], pcs)
-                for shot in range(support.masked_features.shape[1])
-            ]
-            prior = torch.stack(per_shot).mean(0)  # B×1×4h×4w, K-shot: mean of per-shot logits
+            shots = support.masked_features.shape[1]
+            per_shot = self.correlation(  # all K shots in one batch of B·K (row b·K + k = query b, shot k)
+                features.last.repeat_interleave(shots, dim=0),
+                support.masked_features.flatten(0, 1),
+                pcs.repeat_interleave(shots, dim=0),
+            )  # (B·K)×1×4h×4w
+            prior = per_shot.unflatten(0, (batch, shots)).mean(1)  # B×1×4h×4w, K-shot: mean of per-shot logits
             dense_source = prior
         else:
             dense_source = F.interpolate(pcs, scale_factor=4.0, mode="bilinear", align_corners=False)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from fsdino.training.runtime import AmpMode
+from fsdino.training.runtime import AmpMode, learning_rate
 
 
 class LoopConfig(BaseModel):
@@ -22,3 +24,13 @@ class LoopConfig(BaseModel):
     num_workers: int = Field(default=0, ge=0)
     amp: AmpMode = "auto"
     device: str = "auto"
+    schedule: Literal["constant", "cosine"] = Field(
+        default="constant", description="learning rate after warm-up: the paper states a constant 1e-3"
+    )
+    warmup_steps: int = Field(default=0, ge=0, description="linear warm-up from lr/100 over this many steps")
+    grad_clip: float | None = Field(default=None, gt=0, description="max global gradient norm (None: no clipping)")
+
+    def lr_at(self, step: int, steps_per_epoch: int) -> float:
+        """Learning rate of 0-based optimiser step ``step`` (see :func:`~fsdino.training.runtime.learning_rate`)."""
+        total = self.epochs * steps_per_epoch
+        return learning_rate(self.lr, step, total, schedule=self.schedule, warmup_steps=self.warmup_steps)

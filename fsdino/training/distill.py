@@ -128,7 +128,9 @@ def distill_stage(
                 prediction = trained(student(batch["image"].to(device)).layer3)
             target = targets(batch, prediction.shape[-1]).to(device)
             loss = F.mse_loss(prediction.float(), target)
-            optimizer_step(loss, optimizer, scaler)
+            optimizer_step(
+                loss, optimizer, scaler, lr=config.lr_at(position.global_step, len(batches)), grad_clip=config.grad_clip
+            )
             position.add({"loss": loss.item()})
             progress.set_postfix(mse=f"{loss.item():.4f}")
             if log is not None and runtime.is_main:

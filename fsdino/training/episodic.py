@@ -102,7 +102,13 @@ def train_episodic(
                     support_foreground(batch["support_masks"]).to(device, non_blocking=True),
                 )
             terms = fsdino_loss(output.mask_logits.float(), _float(output.prior_logits), batch["query_mask"].to(device))
-            optimizer_step(terms.total, optimizer, scaler)
+            optimizer_step(
+                terms.total,
+                optimizer,
+                scaler,
+                lr=config.lr_at(position.global_step, len(batches)),
+                grad_clip=config.grad_clip,
+            )
             values = {"train_loss": terms.total.item(), "train_loss_final": terms.final.item()}
             values["train_loss_prior"] = terms.prior.item()
             position.add(values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -111,14 +112,51 @@ def chunk(order: list[int], batch_size: int, max_batches: int | None = None) -> 
     return batches[:max_batches] if max_batches else batches
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
-    """Backward and step, through the grad scaler when fp16 autocast needs one."""
+def learning_rate(
+    base: float, step: int, total_steps: int, *, schedule: str = "constant", warmup_steps: int = 0
+) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total_steps``.
+
+    Linear warm-up from ``base/100`` over ``warmup_steps``, then ``constant`` or a ``cosine`` decay to 0
+    at ``total_steps``. A pure function of the step, so a resumed run needs no scheduler state.
+    """
+    if step < warmup_steps:
+        return base * (0.01 + 0.99 * step / warmup_steps)
+    if schedule == "constant":
+        return base
+    span = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / span, 1.0)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    *,
+    lr: float | None = None,
+    grad_clip: float | None = None,
+) -> None:
+    """Backward and step, through the grad scaler when fp16 autocast needs one.
+
+    ``lr`` (when given) is set on every parameter group first; ``grad_clip`` clips the global gradient
+    norm (after unscaling).
+    """
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is None:
         loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
         optimizer.step()
         return
     scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
     scaler.step(optimizer)
     scaler.update()
 
