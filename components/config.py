@@ -19,6 +19,7 @@ from components.stage_sa1b import StageSA1BConfig
 from components.stage_synthetic import SyntheticStageConfig
 from components.tracking_config import TrackingConfig
 from fsdino.config import ModelConfig, TeacherConfig, Variant
+from fsdino.data.transforms import TrainTransform
 from fsdino.training.config import LoopConfig
 
 BenchmarkKind = Literal["synthetic", "pascal", "coco"]
@@ -100,6 +101,24 @@ class DistillParams(_Section):
         return self.out_dir / f"stage{stage}"
 
 
+class AugmentParams(_Section):
+    """Training augmentation (``fsdino.data.transforms.TrainTransform``); defaults are HDMNet's (paper §4.1).
+
+    The CPU demo keeps only the horizontal flip, so that every training tensor is one of two views of an
+    image and the frozen encoder's features can be computed once (``features.memo``).
+    """
+
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    rotate_p: float = Field(default=0.5, ge=0, le=1)
+    blur_p: float = Field(default=0.5, ge=0, le=1)
+    flip_p: float = Field(default=0.5, ge=0, le=1)
+
+    def transform(self, size: int) -> TrainTransform:
+        return TrainTransform(
+            size, scale_range=self.scale_range, rotate_p=self.rotate_p, blur_p=self.blur_p, flip_p=self.flip_p
+        )
+
+
 class TrainParams(_Section):
     """Episodic training per (variant, fold, shot) (paper §3.4.3, §4.1)."""
 
@@ -111,9 +130,45 @@ class TrainParams(_Section):
     val_episodes: int = Field(default=100, ge=1)
     out_dir: Path = Path("outputs/train")
     loop: LoopConfig = LoopConfig(epochs=100, batch_size=8, lr=1e-3)
+    augment: AugmentParams = AugmentParams()
 
     def run_dir(self, variant: str, fold: int, shot: int) -> Path:
         return self.out_dir / variant / f"fold{fold}_shot{shot}"
+
+
+class AblationParams(_Section):
+    """The other variants of Table 4, trained and evaluated like ``train`` on these folds and shots.
+
+    ``dvc.yaml``'s ``ablation_train`` / ``ablation_evaluate`` stages run variants × folds × shots; the
+    report puts them beside ``train.variants`` in the ablation table. No variants: no ablation stages.
+    """
+
+    variants: list[Variant] = Field(default_factory=lambda: ["ba_pcs", "ba_svp_pcs"])
+    folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1)
+    shots: list[int] = Field(default_factory=lambda: [1], min_length=1)
+
+
+class FeaturesParams(_Section):
+    """The frozen encoder's features, computed once by the ``features`` stage (``fsdino.models.feature_memo``).
+
+    With ``memo`` the stage encodes every benchmark image in each view that training (flip-only
+    augmentation) and evaluation feed the encoder; train and evaluate then look features up by the
+    image tensor's bytes (exact), computing only what is missing. Without it the stage writes only its
+    manifest and the encoder runs on every batch (the paper profiles: random crops make every tensor new).
+    """
+
+    memo: bool = False
+    out_dir: Path = Path("outputs/features")
+    batch_size: int = Field(default=32, ge=1)
+    max_entries: int = Field(default=20000, ge=0, description="cap of the in-process memo (entries)")
+
+    @property
+    def memo_file(self) -> Path:
+        return self.out_dir / "memo.pt"
+
+    @property
+    def manifest(self) -> Path:
+        return self.out_dir / "manifest.json"
 
 
 class EvaluateParams(_Section):
@@ -153,7 +208,9 @@ class Params(_Section):
     weights: WeightsParams = WeightsParams()
     stage_sa1b: StageSA1BConfig = StageSA1BConfig(output_dir=Path("outputs/data/sa1b"))
     distill: DistillParams = DistillParams()
+    features: FeaturesParams = FeaturesParams()
     train: TrainParams = TrainParams()
+    ablation: AblationParams = AblationParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportConfig = ReportConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -177,7 +234,28 @@ class Params(_Section):
             )
         if chosen.fold not in self.train.folds:
             raise ValueError(f"registry.fold: {chosen.fold} is not in train.folds {self.train.folds}")
+        overlap = self._runs(self.train) & self._runs(self.ablation)
+        if overlap:
+            raise ValueError(
+                f"ablation: {sorted(overlap)} are already runs of train (variant, fold, shot); give the ablation "
+                "other variants"
+            )
+        if self.features.memo and not self.train.augment.transform(self.model.image_size).flip_only:
+            raise ValueError(
+                "features.memo needs flip-only training augmentation (train.augment: scale_range [1, 1], "
+                "rotate_p 0, blur_p 0): with random scales and rotations no training tensor repeats"
+            )
         return self
+
+    @staticmethod
+    def _runs(section: TrainParams | AblationParams) -> set[tuple[str, int, int]]:
+        return {(v, f, k) for v in section.variants for f in section.folds for k in section.shots}
+
+    def trains(self, variant: str, fold: int, shot: int) -> bool:
+        """Whether (variant, fold, shot) is one of the runs of ``train`` or ``ablation``."""
+        main = variant in self.train.variants and fold in self.train.folds and shot in self.train.shots
+        ablated = variant in self.ablation.variants and fold in self.ablation.folds and shot in self.ablation.shots
+        return main or ablated
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:

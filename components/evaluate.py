@@ -24,6 +24,7 @@ from PIL import Image
 from components.benchmark_data import FoldData
 from components.cli import fold_step_arguments, fold_step_name, params_main
 from components.config import Params
+from components.features import attach_memo
 from fsdino.data.dataset import make_loader
 from fsdino.errors import InputError
 from fsdino.evaluation.engine import Prediction, evaluate, support_foreground
@@ -95,6 +96,8 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(f"{checkpoint}: no trained model (run the train step for {variant}, fold {fold}, {shot}-shot)")
     settings = params.evaluate
     model, config, _ = load_fsdino(checkpoint)
+    if config.image_size == params.model.image_size and config.encoder == params.model.encoder:
+        attach_memo(params, model.encoder)
     data = FoldData.open(params.benchmark.out, fold)
     episodes = data.test_episodes(shot, settings.episodes, settings.seed)
     dataset = data.test_dataset(episodes, config.image_size)

@@ -94,17 +94,32 @@ def ablation_shot(data: ReportData) -> int | None:
 
 
 def ablation_table(data: ReportData, shot: int) -> pd.DataFrame:
-    """Paper Table 4: component check marks, then mean mIoU and FB-IoU (%) over the folds evaluated."""
+    """Paper Table 4: component check marks, then mean mIoU and FB-IoU (%) per variant.
+
+    Means are over the folds that every variant was evaluated on (the ablation may run fewer folds than
+    the main variant), so the rows compare like with like; the baseline row uses the same folds.
+    """
     rows = {}
     runs = [run for run in data.evaluations if run.key.shot == shot]
-    for variant in ordered_variants(run.key.variant for run in runs):
+    variants = ordered_variants(run.key.variant for run in runs)
+    common = set.intersection(*({run.key.fold for run in runs if run.key.variant == v} for v in variants))
+    runs = [run for run in runs if run.key.fold in common]
+    folds = ", ".join(str(fold) for fold in sorted(common))
+    for variant in variants:
         mine = [run.metrics for run in runs if run.key.variant == variant]
         components = VARIANT_COMPONENTS.get(variant, set())
         row: dict[str, object] = {name: "✓" if name in components else "" for name in ABLATION_COMPONENTS}
         row["mIoU (%)"] = _percent(sum(m.miou for m in mine) / len(mine))
         row["FB-IoU (%)"] = _percent(sum(m.fb_iou for m in mine) / len(mine))
-        row["Folds"] = ", ".join(str(m.fold) for m in sorted(mine, key=lambda m: m.fold))
+        row["Folds"] = folds
         rows[variant_label(variant)] = row
+    baselines = {run.key.fold: run.metrics.baseline for run in runs if run.metrics.baseline is not None}
+    if len(baselines) == len(common):
+        row = {name: "✓" if name == "PCS" else "" for name in ABLATION_COMPONENTS}
+        row["mIoU (%)"] = _percent(sum(b.miou for b in baselines.values()) / len(baselines))
+        row["FB-IoU (%)"] = _percent(sum(b.fb_iou for b in baselines.values()) / len(baselines))
+        row["Folds"] = folds
+        rows[BASELINE_LABEL] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

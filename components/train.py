@@ -29,6 +29,7 @@ from components.cli import (
     step_logger,
 )
 from components.config import WORK_DIR, Params
+from components.features import attach_memo
 from fsdino.checkpoints import load_adapter, sha256_of
 from fsdino.config import ModelConfig
 from fsdino.data.dataset import make_loader
@@ -67,24 +68,27 @@ def _validator(params: Params, data: FoldData, shot: int, image_size: int, rt: R
 def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     variant, fold, shot = args.variant, args.fold, args.shot
     train = params.train
-    if variant not in train.variants or fold not in train.folds or shot not in train.shots:
+    if not params.trains(variant, fold, shot):
         raise InputError(
-            f"train: ({variant}, fold {fold}, {shot}-shot) is not in train.variants × train.folds × train.shots"
+            f"train: ({variant}, fold {fold}, {shot}-shot) is not a run of train or ablation (variants × folds × shots)"
         )
     data = FoldData.open(params.benchmark.out, fold)
     model, config = build_model(params, variant)
     adapter_file = params.distill.stage_dir(len(params.distill.image_sizes)) / "adapter.pt"
     run_id = fingerprint(
-        config, train.loop, train.episodes_per_epoch, train.val_episodes, params.evaluate, variant, fold, shot,
+        config, train.loop, train.augment, train.episodes_per_epoch, train.val_episodes, params.evaluate, variant, fold,
+        shot,
         sha256_of(adapter_file) if train.init_adapter_from_distillation else None,
     )  # fmt: skip
     work_dir = prepare_work_dir(WORK_DIR / "train" / variant / f"fold{fold}_shot{shot}", run_id)
     sampler = data.train_sampler(shot, train.loop.seed, train.episodes_per_epoch)
     size = config.image_size
+    transform = train.augment.transform(size)
+    memo = attach_memo(params, model.encoder)
     with runtime(train.loop.device, train.loop.amp) as rt:
         position = train_episodic(
             model=model, model_config=config, config=train.loop, runtime=rt, work_dir=work_dir, fingerprint=run_id,
-            episodes=lambda epoch: data.train_dataset(sampler, epoch, size, train.loop.seed),
+            episodes=lambda epoch: data.train_dataset(sampler, epoch, transform, train.loop.seed),
             validate=_validator(params, data, shot, size, rt),
             metadata={"variant": variant, "fold": fold, "shot": shot, "profile": params.profile},
             log=step_logger(params),
@@ -103,6 +107,8 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         "best_epoch": int(best["epoch"]), "best_val_miou": float(best["val_miou"]),
         "final_train_loss": float(history["train_loss"].iloc[-1]),
     }  # fmt: skip
+    if memo is not None:
+        summary["feature_memo"] = {"hits": memo.hits, "misses": memo.misses}
     write_json_atomic(out_dir / "metrics.json", summary)
     return {**summary, "out_dir": str(out_dir)}
 

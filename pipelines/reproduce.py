@@ -42,7 +42,8 @@ from pipelines.dag import Step, dvc_target, load_steps, select
 EXIT_INPUT_ERROR = 2  # the components' exit code for bad input (components.cli): a retry cannot help
 OUTPUT_TAIL_LINES = 40
 GPU_TAG = "gpu"  # on per-fold tasks: a Prefect tag concurrency limit of this name bounds them server-wide
-EVALUATE_GROUP = "evaluate"  # the stage group whose outputs are the per-fold results (docs/artifacts.md)
+#: The stage groups whose outputs are per-fold results (docs/artifacts.md): the main runs and the ablation.
+EVALUATE_GROUPS = ("evaluate", "ablation_evaluate")
 SUMMARY_KEY = "fsdino-summary"
 UP_TO_DATE, RESTORED, RAN = "up to date", "restored from run-cache", "ran"
 _DVC_LOCK = threading.Lock()  # one DVC operation at a time in this process; DVC's own lock is per process
@@ -208,7 +209,7 @@ def run_step(step: Step, options: StepOptions, slots: Slots) -> str:
     if options.commit and action != UP_TO_DATE:
         commit([step.name], options.root)
     logger.info("%s: %s", step.name, action)
-    if step.group == EVALUATE_GROUP:
+    if step.group in EVALUATE_GROUPS:
         publish_fold(step, Path(options.root))
     return action
 
@@ -279,7 +280,7 @@ def summary_markdown(results: Sequence[dict[str, Any]]) -> str:
 
 def publish_summary(steps: Sequence[Step], root: Path) -> str | None:
     """The markdown artifact :data:`SUMMARY_KEY` over the evaluations present on disk."""
-    folders = [evaluation_dir(step, root) for step in steps if step.group == EVALUATE_GROUP]
+    folders = [evaluation_dir(step, root) for step in steps if step.group in EVALUATE_GROUPS]
     results = [json.loads((folder / "metrics.json").read_text()) for folder in folders if folder is not None]
     if not results:
         return None

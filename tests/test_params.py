@@ -86,3 +86,34 @@ def test_every_param_dvc_yaml_declares_is_written_in_params_yaml():
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"dvc.yaml declares {key}, params.yaml lacks it"
                 node = node[part]
+
+
+def _demo(**changes):
+    from components.config import Params
+    from components.profile import render
+
+    values = yaml.safe_load(render("demo"))
+    for dotted, value in changes.items():
+        node = values
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return Params.model_validate(values)
+
+
+def test_an_ablation_run_that_is_also_a_train_run_is_refused():
+    with pytest.raises(ValueError, match=r"ablation: \[\('full', 0, 1\)\] are already runs of train"):
+        _demo(**{"ablation.variants": ["full"]})
+
+
+def test_the_feature_memo_needs_flip_only_augmentation():
+    with pytest.raises(ValueError, match=r"features\.memo needs flip-only training augmentation"):
+        _demo(**{"train.augment.rotate_p": 0.5})
+    assert not _demo(**{"features.memo": False, "train.augment.rotate_p": 0.5}).features.memo
+
+
+def test_trains_covers_exactly_the_train_and_ablation_runs():
+    params = _demo()
+    assert params.trains("full", 3, 5) and params.trains("ba_pcs", 0, 1)
+    assert not params.trains("ba_pcs", 1, 1) and not params.trains("full", 0, 2)

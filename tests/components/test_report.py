@@ -335,3 +335,15 @@ def test_page_renders_in_headless_chromium(rendered: tuple[Path, dict], tmp_path
     colours = np.unique((pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2])  # packed RGB
     assert len(colours) > 200, f"only {len(colours)} colours: the page looks blank"
     assert (pixels.min(axis=2) < 200).mean() > 0.02  # text, table borders and plots, not an empty white page
+
+
+def test_ablation_compares_variants_on_their_common_folds_with_the_baseline(outputs_tree: Path) -> None:
+    shutil.rmtree(outputs_tree / "evaluate" / "ba_pcs" / f"fold{FOLDS[1]}_shot1")
+    frame = tables.ablation_table(collect(outputs_tree), 1)
+    fold = FOLDS[0]
+    assert frame.loc[label("full"), "mIoU (%)"] == pytest.approx(100 * fixture_miou("full", fold, 1))
+    assert frame.loc[label("ba_pcs"), "mIoU (%)"] == pytest.approx(100 * fixture_miou("ba_pcs", fold, 1))
+    assert set(frame["Folds"]) == {str(fold)}
+    baseline = frame.loc[tables.BASELINE_LABEL]
+    assert baseline["mIoU (%)"] == pytest.approx(100 * fixture_baseline_miou(fold, 1))
+    assert baseline[["BA", "SVP", "PCS", "4D Corr."]].tolist() == ["", "", "✓", ""]

@@ -29,6 +29,8 @@ def workspace(tmp_path_factory) -> Path:
     listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
     tracked = subprocess.run(listing, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for name in [*tracked, "dvc.yaml", ".dvc/config", ".dvcignore"]:
+        if name.startswith("outputs/") and not name.endswith(".gitignore"):
+            continue  # pipeline outputs of this checkout (a fresh clone has none)
         source = ROOT / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +61,14 @@ def test_dvc_repro_runs_every_stage(workspace, reproduced):
     assert [d["image_size"] for d in distill] == [14, 28, 42]
     assert distill[1]["eval_mse_before"] == pytest.approx(distill[0]["eval_mse_after"])
     assert (workspace / "outputs/train/full/fold0_shot1/best.pt").is_file()
-    assert "<table" in (workspace / "outputs/report/index.html").read_text()
+    ablation = json.loads((workspace / "outputs/evaluate/ba_svp_pcs/fold0_shot1/metrics.json").read_text())
+    assert ablation["variant"] == "ba_svp_pcs" and ablation["episodes"] == 8
+    memo = json.loads((workspace / "outputs/features/manifest.json").read_text())
+    assert memo["memo"] is True and memo["entries"] > 0
+    trained = json.loads((workspace / "outputs/train/full/fold0_shot1/metrics.json").read_text())
+    assert trained["feature_memo"]["misses"] == 0
+    page = (workspace / "outputs/report/index.html").read_text()
+    assert "<table" in page and 'id="ablation"' in page
     registration = json.loads((workspace / "outputs/register/model.json").read_text())
     assert registration["name"] == "fsdino" and registration["version"] == 1
     assert registration["aliases"] == ["challenger", "champion"] and registration["promoted"] is True
@@ -80,4 +89,4 @@ def test_changing_evaluation_params_reruns_only_evaluation_report_and_registrati
     result = run([sys.executable, "-m", "dvc", "repro"], workspace)
     assert result.returncode == 0, result.stderr
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"evaluate@full-0-1", "report", "register"}
+    assert ran == {"evaluate@full-0-1", "ablation_evaluate@ba_svp_pcs-0-1", "report", "register"}
