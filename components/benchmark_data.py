@@ -32,6 +32,12 @@ class FoldData:
         novel = tuple(int(c) for c in folds[str(fold)]["novel"])
         return cls(open_split(stage_dir, f"fold{fold}_train"), open_split(stage_dir, f"fold{fold}_val"), names, novel)
 
+    def keep_decoded(self, max_pairs: int) -> FoldData:
+        """Keep up to ``max_pairs`` decoded pairs of each split in memory (``train.keep_decoded``)."""
+        self.train.source.keep_decoded(max_pairs)
+        self.test.source.keep_decoded(max_pairs)
+        return self
+
     def test_episodes(self, shot: int, count: int, seed: int) -> list[Episode]:
         """The fold's fixed test episodes (the standard protocol: fixed seed and count)."""
         return evaluation_episodes(self.test, shot, count, seed)

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components.params import DEFAULT_PARAMS, read_yaml, validate
-from components.report import ReportConfig
+from components.report_config import ReportConfig
 from components.stage_coco import CocoStageConfig
 from components.stage_pascal import PascalStageConfig
 from components.stage_sa1b import StageSA1BConfig
@@ -128,6 +128,9 @@ class TrainParams(_Section):
     init_adapter_from_distillation: bool = True
     episodes_per_epoch: int | None = Field(default=None, ge=1)
     val_episodes: int = Field(default=100, ge=1)
+    keep_decoded: int = Field(
+        default=0, ge=0, description="decoded (image, mask) pairs kept in memory per split (0: decode every read)"
+    )
     out_dir: Path = Path("outputs/train")
     loop: LoopConfig = LoopConfig(epochs=100, batch_size=8, lr=1e-3)
     augment: AugmentParams = AugmentParams()

@@ -98,7 +98,7 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     model, config, _ = load_fsdino(checkpoint)
     if config.image_size == params.model.image_size and config.encoder == params.model.encoder:
         attach_memo(params, model.encoder)
-    data = FoldData.open(params.benchmark.out, fold)
+    data = FoldData.open(params.benchmark.out, fold).keep_decoded(params.train.keep_decoded)
     episodes = data.test_episodes(shot, settings.episodes, settings.seed)
     dataset = data.test_dataset(episodes, config.image_size)
     keep = overlay_indices(len(episodes), settings.overlays)

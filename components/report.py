@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
 from components.params import DEFAULT_PARAMS, section_values, validate
+from components.report_config import ReportConfig
 from components.report_data import ReportData, collect
 from components.report_html import page, sections
 from components.report_tables import VARIANT_ORDER, ordered_variants
@@ -30,18 +30,6 @@ from fsdino.data.imageio import write_text_atomic
 from fsdino.errors import InputError
 
 __all__ = ["ReportConfig", "ReportData", "collect", "main", "plot_specs", "run"]
-
-
-class ReportConfig(BaseModel):
-    """The ``report`` section of ``params.yaml``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    outputs_dir: Path = Field(default=Path("outputs"), description="folder holding the stages' artifacts")
-    out: Path = Field(default=Path("outputs/report/index.html"), description="the HTML file to write")
-    title: str = Field(default="FS-DINO: few-shot segmentation results", min_length=1, description="page title")
-    overlays_per_run: int = Field(default=4, ge=0, description="qualitative panels shown per variant/fold/shot")
-    overlay_max_width: int = Field(default=900, ge=64, description="wider overlay PNGs are downscaled to this")
 
 
 def git_commit() -> str | None:

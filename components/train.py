@@ -72,7 +72,7 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(
             f"train: ({variant}, fold {fold}, {shot}-shot) is not a run of train or ablation (variants × folds × shots)"
         )
-    data = FoldData.open(params.benchmark.out, fold)
+    data = FoldData.open(params.benchmark.out, fold).keep_decoded(params.train.keep_decoded)
     model, config = build_model(params, variant)
     adapter_file = params.distill.stage_dir(len(params.distill.image_sizes)) / "adapter.pt"
     run_id = fingerprint(

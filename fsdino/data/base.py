@@ -59,8 +59,19 @@ class SegmentationSource(ABC):
         except KeyError:
             raise InputError(f"{type(self).__name__}: unknown image id {image_id!r}") from None
 
+    _decoded: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
+    _decoded_limit: int = 0
+
+    def keep_decoded(self, max_pairs: int) -> None:
+        """Keep up to ``max_pairs`` decoded (image, mask) pairs in memory, read-only, for repeated reads
+        (training draws the same few hundred pairs every epoch; decoding was a third of a demo step)."""
+        self._decoded, self._decoded_limit = ({}, max_pairs) if max_pairs > 0 else (None, 0)
+
     def load_pair(self, index: int, class_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(H×W×3 uint8 image, H×W uint8 mask), checked to have the same height and width."""
+        key = (index, class_id)
+        if self._decoded is not None and key in self._decoded:
+            return self._decoded[key]
         image = self.load_image(index)
         mask = self.load_mask(index, class_id)
         if image.shape[:2] != mask.shape:
@@ -68,6 +79,11 @@ class SegmentationSource(ABC):
                 f"{self.image_path(index)}: image is {image.shape[1]}x{image.shape[0]} but its mask is "
                 f"{mask.shape[1]}x{mask.shape[0]} (expected equal sizes)"
             )
+        if self._decoded is not None and len(self._decoded) < self._decoded_limit:
+            image, mask = np.array(image), np.array(mask)  # own copies, then frozen
+            image.setflags(write=False)
+            mask.setflags(write=False)
+            self._decoded[key] = (image, mask)
         return image, mask
 
 

@@ -102,3 +102,18 @@ def test_size_mismatch_is_rejected(voc_root: Path) -> None:
         source.check_sizes(source.index_of("2007_000003"))
     with pytest.raises(InputError, match="expected equal sizes"):
         source.load_pair(source.index_of("2007_000003"), 6)
+
+
+def test_kept_decoded_pairs_are_the_same_read_only_arrays_up_to_the_limit(voc_root: Path) -> None:
+    source = pascal.PascalVOC(voc_root)
+    plain = [source.load_pair(index, source.classes_in(index)[0]) for index in range(2)]
+    source.keep_decoded(1)
+    first = source.load_pair(0, source.classes_in(0)[0])
+    assert source.load_pair(0, source.classes_in(0)[0])[0] is first[0]  # served from memory
+    assert not first[0].flags.writeable and not first[1].flags.writeable
+    second = source.load_pair(1, source.classes_in(1)[0])
+    assert source.load_pair(1, source.classes_in(1)[0])[0] is not second[0]  # beyond the limit: not kept
+    for (image, mask), (kept_image, kept_mask) in zip(plain, [first, second], strict=True):
+        assert np.array_equal(image, kept_image) and np.array_equal(mask, kept_mask)
+    source.keep_decoded(0)
+    assert source.load_pair(0, source.classes_in(0)[0])[0] is not first[0]

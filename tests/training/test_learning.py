@@ -5,8 +5,8 @@ classes, at 1 and 5 shots, by ``MARGIN`` mIoU.
 The steps are the pipeline's own (benchmark → features → train → evaluate, in-process, tracking off) with
 the demo profile's values; the one change is that the adapter starts from its random initialisation
 instead of the distilled one, which saves the distillation stages here (the demo distils from a random
-tiny SAM, so the distilled adapter carries no knowledge the test would miss). The figures measured on the
-development machine are in the CHANGELOG; ``MARGIN`` leaves room for other CPUs' rounding.
+tiny SAM, so the distilled adapter carries no knowledge the test would miss). ``MARGIN`` is below the
+smallest lead measured here, leaving room for other CPUs' rounding.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from components.profile import PROFILES, render
 
 pytestmark = pytest.mark.slow
 
-#: Required lead of the trained model over the baseline, in mIoU (fraction).
-MARGIN = 0.02
+#: Required lead of the trained model over the baseline, in mIoU (fraction). Measured on 2026-11-25
+#: (2-core AMD EPYC): leads 0.055-0.100, the smallest on fold 0 1-shot (0.222 vs 0.167).
+MARGIN = 0.03
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,47 @@
+"""The loops' learning-rate schedule and optimiser step (grad clipping)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from fsdino.training.config import LoopConfig
+from fsdino.training.runtime import learning_rate, optimizer_step
+
+
+def test_constant_schedule_is_the_base_rate_after_warmup():
+    assert [learning_rate(1e-3, step, 100) for step in (0, 50, 99)] == [1e-3] * 3
+    assert learning_rate(1e-3, 0, 100, warmup_steps=10) == pytest.approx(1e-5)
+    assert learning_rate(1e-3, 5, 100, warmup_steps=10) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert learning_rate(1e-3, 10, 100, warmup_steps=10) == 1e-3
+
+
+def test_cosine_schedule_decays_from_the_base_rate_to_zero():
+    rates = [learning_rate(2.0, step, 110, schedule="cosine", warmup_steps=10) for step in range(10, 111)]
+    assert rates[0] == pytest.approx(2.0) and rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert rates[50] == pytest.approx(1.0)  # half-way through the decay
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+    assert learning_rate(2.0, 500, 110, schedule="cosine") == pytest.approx(0.0, abs=1e-12)  # clamped
+
+
+def test_loop_config_spreads_the_schedule_over_all_epochs():
+    config = LoopConfig(epochs=4, lr=1.0, schedule="cosine")
+    assert config.lr_at(0, steps_per_epoch=10) == pytest.approx(1.0)
+    assert config.lr_at(20, steps_per_epoch=10) == pytest.approx(0.5)
+    assert config.lr_at(30, steps_per_epoch=10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
+
+
+def test_optimizer_step_sets_the_rate_and_clips_the_gradient_norm():
+    weight = torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.SGD([weight], lr=123.0)
+    loss = (weight * torch.tensor([30.0, 40.0, 0.0, 0.0])).sum()  # gradient norm 50
+    optimizer_step(loss, optimizer, None, lr=0.1, grad_clip=5.0)
+    assert optimizer.param_groups[0]["lr"] == 0.1
+    assert weight.grad.norm().item() == pytest.approx(5.0)
+    torch.testing.assert_close(weight.detach(), torch.tensor([-0.3, -0.4, 0.0, 0.0]))
+    unclipped = torch.nn.Parameter(torch.zeros(1))
+    optimizer_step((unclipped * 3.0).sum(), torch.optim.SGD([unclipped], lr=1.0), None)
+    assert unclipped.item() == pytest.approx(-3.0)
