@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from components.crossdomain_config import SHOT as CROSSDOMAIN_SHOT
+from components.crossdomain_config import CrossDomainParams
 from components.params import DEFAULT_PARAMS, read_yaml, validate
 from components.report_config import ReportConfig
 from components.stage_coco import CocoStageConfig
@@ -215,6 +217,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     ablation: AblationParams = AblationParams()
     evaluate: EvaluateParams = EvaluateParams()
+    crossdomain: CrossDomainParams = CrossDomainParams()
     report: ReportConfig = ReportConfig()
     tracking: TrackingConfig = TrackingConfig()
     registry: RegisterParams = RegisterParams()
@@ -242,6 +245,12 @@ class Params(_Section):
             raise ValueError(
                 f"ablation: {sorted(overlap)} are already runs of train (variant, fold, shot); give the ablation "
                 "other variants"
+            )
+        cross = self.crossdomain
+        if cross.targets and not self.trains(cross.variant, cross.fold, CROSSDOMAIN_SHOT):
+            raise ValueError(
+                f"crossdomain: ({cross.variant}, fold {cross.fold}, {CROSSDOMAIN_SHOT}-shot) is not a run of train or "
+                "ablation (the cross-domain model must be trained)"
             )
         if self.features.memo and not self.train.augment.transform(self.model.image_size).flip_only:
             raise ValueError(

@@ -59,6 +59,7 @@ def run(config: ReportConfig) -> dict[str, Any]:
         "sections": list(found),
         "variants": ordered_variants(run.key.variant for run in data.evaluations),
         "evaluations": len(data.evaluations),
+        "crossdomain": [run.metrics.dataset for run in data.crossdomain],
         "train_runs": len(data.train),
         "distill_stages": len(data.distill),
         "overlays": sum(min(len(run.overlays), config.overlays_per_run) for run in data.evaluations),

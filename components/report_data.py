@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from components.params import validate
 from fsdino.errors import InputError
@@ -27,6 +27,7 @@ TEXT_COLUMNS = frozenset({"class_name"})
 
 STAGE_DIR = re.compile(r"^stage(\d+)$")
 RUN_DIR = re.compile(r"^fold(\d+)_shot(\d+)$")
+CROSSDOMAIN_DIR = "crossdomain"  # evaluate/crossdomain/<target>: Table 3
 
 
 class DistillMetrics(BaseModel):
@@ -71,6 +72,31 @@ class EvalMetrics(BaseModel):
     baseline: BaselineMetrics | None
 
 
+class CrossDomainScores(BaseModel):
+    """The scores of one cross-domain target: FSS has mIoU / FB-IoU, DAVIS J / F / J&F (fractions)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    miou: float | None = None
+    fb_iou: float | None = None
+    j: float | None = Field(default=None, alias="J")
+    f: float | None = Field(default=None, alias="F")
+    jf: float | None = Field(default=None, alias="J&F")
+
+
+class CrossDomainMetrics(CrossDomainScores):
+    """``evaluate/crossdomain/{fss,davis}/metrics.json`` (Table 3), with the baseline's scores when run."""
+
+    dataset: str
+    split: str
+    variant: str
+    fold: int
+    shot: int
+    trained_on: str
+    episodes: int
+    baseline: CrossDomainScores | None = None
+
+
 @dataclass(frozen=True, order=True)
 class RunKey:
     """One (variant, fold, shot) cell of the experiment grid."""
@@ -104,6 +130,12 @@ class EvalRun:
 
 
 @dataclass
+class CrossDomainRun:
+    metrics: CrossDomainMetrics
+    overlays: list[Path]
+
+
+@dataclass
 class ReportData:
     """Everything the dashboard shows, sorted (stages, then variant/fold/shot)."""
 
@@ -111,10 +143,11 @@ class ReportData:
     distill: list[DistillStage] = field(default_factory=list)
     train: list[TrainRun] = field(default_factory=list)
     evaluations: list[EvalRun] = field(default_factory=list)
+    crossdomain: list[CrossDomainRun] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
-        return not (self.distill or self.train or self.evaluations)
+        return not (self.distill or self.train or self.evaluations or self.crossdomain)
 
     @property
     def datasets(self) -> list[str]:
@@ -218,6 +251,17 @@ def collect_evaluations(outputs_dir: Path) -> list[EvalRun]:
     return runs
 
 
+def collect_crossdomain(outputs_dir: Path) -> list[CrossDomainRun]:
+    root = outputs_dir / "evaluate" / CROSSDOMAIN_DIR
+    runs = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        metrics_path = folder / "metrics.json"
+        if metrics_path.is_file():
+            metrics = validate(CrossDomainMetrics, read_json(metrics_path), str(metrics_path))
+            runs.append(CrossDomainRun(metrics, sorted((folder / "overlays").glob("episode_*.png"))))
+    return runs
+
+
 def collect(outputs_dir: Path | str) -> ReportData:
     """Read every artifact of ``docs/artifacts.md`` found under ``outputs_dir``."""
     outputs_dir = Path(outputs_dir)
@@ -228,4 +272,5 @@ def collect(outputs_dir: Path | str) -> ReportData:
         distill=collect_distill(outputs_dir),
         train=collect_train(outputs_dir),
         evaluations=collect_evaluations(outputs_dir),
+        crossdomain=collect_crossdomain(outputs_dir),
     )

@@ -1,8 +1,9 @@
 """Rendering :class:`ReportData` as one self-contained HTML page (inline CSS, inline SVG, data-URI images).
 
 Every value from the artifacts is escaped. Sections carry stable ids (``results``, ``ablation``,
-``per-class``, ``distillation``, ``training``, ``overlays``) and so do the tables, so that people can link
-to them and tests can find them; a section with nothing to show is left out, together with its nav link.
+``crossdomain``, ``per-class``, ``distillation``, ``training``, ``overlays``) and so do the tables, so that
+people can link to them and tests can find them; a section with nothing to show is left out, together
+with its nav link.
 """
 
 from __future__ import annotations
@@ -192,9 +193,32 @@ def overlays_section(data: ReportData, per_run: int, max_width: int) -> str:
     return f"<h2>Qualitative results</h2>{legend}{''.join(parts)}" if parts else ""
 
 
+def crossdomain_section(data: ReportData, per_run: int, max_width: int) -> str:
+    frame = tables.crossdomain_table(data)
+    formats = {column: number(1) for column in frame.columns if column != "Model"}
+    caption = "Cross-domain, one-shot, no fine-tuning (%; paper Table 3)"
+    images = []
+    for run in data.crossdomain:
+        name = tables.CROSSDOMAIN_LABELS.get(run.metrics.dataset, run.metrics.dataset)
+        for path in run.overlays[:per_run]:
+            uri, width, height = png_data_uri(path, max_width)
+            images.append(
+                f'<figure><img src="{uri}" width="{width}" height="{height}" alt="{esc(name)}: {esc(path.stem)}">'
+                f"<figcaption>{esc(name)} · {esc(path.stem)}</figcaption></figure>"
+            )
+    overlays = f'<div class="overlays">{"".join(images)}</div>' if images else ""
+    note = (
+        '<p class="note">FSS-1000: mIoU over its test classes, every test image a query once. DAVIS-17: '
+        "J&amp;F-Mean over the objects, the first frame and its masks as the support, first and last frames "
+        "not scored.</p>"
+    )
+    return f"<h2>Cross-domain</h2>{note}{plain_table(frame, 'crossdomain-table', caption, formats)}{overlays}"
+
+
 SECTION_TITLES = {
     "results": "Results",
     "ablation": "Ablation",
+    "crossdomain": "Cross-domain",
     "per-class": "Per class",
     "distillation": "Distillation",
     "training": "Training",
@@ -210,8 +234,10 @@ def sections(data: ReportData, overlays_per_run: int, overlay_max_width: int) ->
         shot = tables.ablation_shot(data)
         if shot is not None:
             found["ablation"] = ablation_section(data, shot)
-        if tables.fold_shot_pairs(data):
-            found["per-class"] = per_class_section(data)
+    if data.crossdomain:
+        found["crossdomain"] = crossdomain_section(data, overlays_per_run, overlay_max_width)
+    if data.evaluations and tables.fold_shot_pairs(data):
+        found["per-class"] = per_class_section(data)
     if data.distill:
         found["distillation"] = distillation_section(data)
     if data.train:

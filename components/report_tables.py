@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from components.report_data import EvalRun, ReportData
+from components.report_data import CrossDomainScores, EvalRun, ReportData
 
 VARIANT_ORDER = ("ba_pcs", "ba_svp_pcs", "full")
 VARIANT_LABELS = {"ba_pcs": "BA+PCS", "ba_svp_pcs": "BA+SVP+PCS", "full": "FS-DINO (full)"}
@@ -191,3 +191,44 @@ def distill_summary(data: ReportData) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+CROSSDOMAIN_LABELS = {"fss": "FSS-1000", "davis": "DAVIS-17"}
+
+
+def _crossdomain_columns(dataset: str, scores: CrossDomainScores) -> dict[str, float | None]:
+    label = CROSSDOMAIN_LABELS.get(dataset, dataset)
+    if dataset == "davis":
+        return {f"{label} J&F": scores.jf, f"{label} J": scores.j, f"{label} F": scores.f}
+    return {f"{label} mIoU": scores.miou, f"{label} FB-IoU": scores.fb_iou}
+
+
+def crossdomain_table(data: ReportData) -> pd.DataFrame:
+    """Table 3: one row per model (variant, training benchmark, fold), FSS-1000 mIoU and DAVIS-17 J&F (%),
+    then the baseline's row on the same episodes (when the step scored it)."""
+    rows: dict[tuple[str, str, int], dict[str, float | None]] = {}
+    baselines: dict[tuple[str, int], dict[str, float | None]] = {}
+    for run in data.crossdomain:
+        metrics = run.metrics
+        rows.setdefault((metrics.variant, metrics.trained_on, metrics.fold), {}).update(
+            _crossdomain_columns(metrics.dataset, metrics)
+        )
+        if metrics.baseline is not None:
+            baselines.setdefault((metrics.trained_on, metrics.fold), {}).update(
+                _crossdomain_columns(metrics.dataset, metrics.baseline)
+            )
+    labelled = [
+        (f"{variant_label(variant)}, trained on {trained_on} fold {fold}, 1-shot", values)
+        for (variant, trained_on, fold), values in sorted(rows.items())
+    ]
+    labelled += [
+        (f"{BASELINE_LABEL} (threshold from {trained_on} fold {fold})", values)
+        for (trained_on, fold), values in sorted(baselines.items())
+    ]
+    columns = list(dict.fromkeys(name for _, values in labelled for name in values))
+
+    def cell(value: float | None) -> float:
+        return _percent(value) if value is not None else math.nan
+
+    records = [{"Model": label, **{name: cell(values.get(name)) for name in columns}} for label, values in labelled]
+    return pd.DataFrame(records, columns=["Model", *columns])

@@ -8,17 +8,14 @@ in the run-cache is restored, any other has its outputs removed and its command 
 root with its output streamed to the Prefect log. Right after it succeeds the stage is committed
 (``dvc commit -f <stage>``), so ``dvc.lock`` matches what is on disk and a later ``dvc repro`` runs
 nothing. A retry re-runs the command, which resumes from the step's own checkpoint in ``outputs/.work/``.
-Each evaluation becomes a table artifact ``fsdino-<variant>-fold<f>-shot<k>``; the flow ends with the
-markdown artifact ``fsdino-summary`` (mIoU per fold and mean).
+Each evaluation becomes a table artifact ``fsdino-<variant>-fold<f>-shot<k>`` (each cross-domain target
+``fsdino-crossdomain-<target>``); the flow ends with the markdown artifact ``fsdino-summary`` (mIoU per
+fold and mean). The artifacts are written by ``pipelines/artifacts.py``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -32,19 +29,16 @@ from queue import Queue
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipelines.artifacts import publish, publish_summary
 from pipelines.dag import Step, dvc_target, load_steps, select
 
 EXIT_INPUT_ERROR = 2  # the components' exit code for bad input (components.cli): a retry cannot help
 OUTPUT_TAIL_LINES = 40
 GPU_TAG = "gpu"  # on per-fold tasks: a Prefect tag concurrency limit of this name bounds them server-wide
-#: The stage groups whose outputs are per-fold results (docs/artifacts.md): the main runs and the ablation.
-EVALUATE_GROUPS = ("evaluate", "ablation_evaluate")
-SUMMARY_KEY = "fsdino-summary"
 UP_TO_DATE, RESTORED, RAN = "up to date", "restored from run-cache", "ran"
 _DVC_LOCK = threading.Lock()  # one DVC operation at a time in this process; DVC's own lock is per process
 
@@ -209,83 +203,8 @@ def run_step(step: Step, options: StepOptions, slots: Slots) -> str:
     if options.commit and action != UP_TO_DATE:
         commit([step.name], options.root)
     logger.info("%s: %s", step.name, action)
-    if step.group in EVALUATE_GROUPS:
-        publish_fold(step, Path(options.root))
+    publish(step, Path(options.root))
     return action
-
-
-# --- artifacts --------------------------------------------------------------------------------------
-
-
-def artifact_key(variant: str, fold: int, shot: int) -> str:
-    """The per-fold artifact key, stable across runs: ``fsdino-ba-svp-pcs-fold2-shot5``."""
-    return re.sub(r"[^a-z0-9-]+", "-", f"fsdino-{variant}-fold{fold}-shot{shot}".lower())
-
-
-def evaluation_dir(step: Step, root: Path) -> Path | None:
-    """The output folder of an evaluate step that holds its ``metrics.json``, if written."""
-    found = [root / out for out in step.outs if (root / out / "metrics.json").is_file()]
-    return found[0] if found else None
-
-
-def _cell(value: str) -> Any:
-    """A CSV value as a number when it is one (NaN as empty), else the text."""
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return None if math.isnan(number) else int(number) if number.is_integer() and "." not in value else number
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
-
-
-def publish_fold(step: Step, root: Path) -> str | None:
-    """The table artifact of one evaluation (per-class IoU), described by its mIoU; returns its key."""
-    folder = evaluation_dir(step, root)
-    if folder is None:
-        return None
-    metrics = json.loads((folder / "metrics.json").read_text())
-    with (folder / "per_class.csv").open(newline="") as handle:
-        rows = [{name: _cell(value) for name, value in row.items()} for row in csv.DictReader(handle)]
-    key = artifact_key(metrics["variant"], metrics["fold"], metrics["shot"])
-    baseline = metrics.get("baseline") or {}
-    description = (
-        f"**{step.name}**: mIoU {_percent(metrics.get('miou'))}%, FB-IoU {_percent(metrics.get('fb_iou'))}% over "
-        f"{metrics.get('episodes')} episodes (baseline mIoU {_percent(baseline.get('miou'))}%)"
-    )
-    create_table_artifact(rows, key=key, description=description)
-    return key
-
-
-def summary_markdown(results: Sequence[dict[str, Any]]) -> str:
-    """mIoU (%) per fold, one row per (variant, shot), with the mean over folds: the paper's table layout."""
-    folds = sorted({r["fold"] for r in results})
-    rows: dict[tuple[str, int], dict[int, float]] = {}
-    for result in results:
-        rows.setdefault((result["variant"], result["shot"]), {})[result["fold"]] = result["miou"]
-    lines = [
-        "# FS-DINO reproduction: mIoU (%) per fold",
-        "",
-        "| variant | shot | " + " | ".join(f"fold {f}" for f in folds) + " | mean |",
-        "| --- | --- | " + " | ".join("---:" for _ in folds) + " | ---: |",
-    ]
-    for (variant, shot), by_fold in sorted(rows.items()):
-        mean = sum(by_fold.values()) / len(by_fold)
-        cells = " | ".join(_percent(by_fold.get(f)) for f in folds)
-        lines.append(f"| {variant} | {shot} | {cells} | {_percent(mean)} |")
-    return "\n".join(lines) + "\n"
-
-
-def publish_summary(steps: Sequence[Step], root: Path) -> str | None:
-    """The markdown artifact :data:`SUMMARY_KEY` over the evaluations present on disk."""
-    folders = [evaluation_dir(step, root) for step in steps if step.group in EVALUATE_GROUPS]
-    results = [json.loads((folder / "metrics.json").read_text()) for folder in folders if folder is not None]
-    if not results:
-        return None
-    create_markdown_artifact(summary_markdown(results), key=SUMMARY_KEY, description="mIoU per fold and mean")
-    return SUMMARY_KEY
 
 
 # --- the flow ---------------------------------------------------------------------------------------

@@ -14,8 +14,6 @@ byte-identical files (image i uses ``default_rng([seed, i])``).
 from __future__ import annotations
 
 import io
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from PIL import Image
 
 from fsdino.data.base import IGNORE
 from fsdino.data.synthetic_shapes import NUM_CLASSES, class_family, shape_mask, texture
+from fsdino.io.atomic import atomic_folder
 
 MIN_VISIBLE_FRACTION = 0.5
 PLACEMENT_TRIES = 20
@@ -55,7 +54,7 @@ class SyntheticSpec:
         return f"synth_{index:06d}"
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Smooth colour field (a 3×3 random grid upsampled) with faint pixel noise, H×W×3 float."""
     grid = rng.integers(40, 220, size=(3, 3, 3), dtype=np.uint8)
     field = np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BILINEAR), dtype=np.float64)
@@ -75,12 +74,23 @@ def _paint_distractors(rng: np.random.Generator, image: np.ndarray) -> None:
 
 def _object(rng: np.random.Generator, class_id: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(H×W bool mask, H×W×3 texture) of one object of ``class_id`` at a random place and size."""
-    shape, pattern = class_family(class_id)
     radius = rng.uniform(0.18, 0.3) * min(height, width)
     centre_y = rng.uniform(radius * 0.8, height - radius * 0.8)
     centre_x = rng.uniform(radius * 0.8, width - radius * 0.8)
-    y, x = np.mgrid[:height, :width].astype(np.float64)
-    y, x = y - centre_y, x - centre_x
+    return render_object(rng, class_id, (height, width), (centre_y, centre_x), radius)
+
+
+def render_object(
+    rng: np.random.Generator, class_id: int, size: tuple[int, int], centre: tuple[float, float], radius: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(H×W bool mask, H×W×3 uint8 texture) of one object of ``class_id`` centred at ``centre`` (y, x).
+
+    The shape's pose and the texture's colours are drawn from ``rng``: a generator seeded the same way
+    gives the same object, so a video's frames can move one object by changing only ``centre``.
+    """
+    shape, pattern = class_family(class_id)
+    y, x = np.mgrid[: size[0], : size[1]].astype(np.float64)
+    y, x = y - centre[0], x - centre[1]
     return shape_mask(shape, y / radius, x / radius, rng), texture(pattern, y, x, rng, class_id)
 
 
@@ -99,7 +109,7 @@ def generate_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndar
     """Image ``index``: (H×W×3 uint8 RGB, H×W uint8 labels 0-20 and 255)."""
     rng = np.random.default_rng([spec.seed, index])
     height, width = (int(side) for side in rng.integers(spec.min_size, spec.max_size + 1, size=2))
-    image = _background(rng, height, width)
+    image = background(rng, height, width)
     _paint_distractors(rng, image)
     labels = np.zeros((height, width), dtype=np.uint8)
     count = int(rng.integers(spec.objects[0], spec.objects[1] + 1))
@@ -123,7 +133,7 @@ def generate_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndar
     return image, labels
 
 
-def _encode(array: np.ndarray, kind: str) -> bytes:
+def encode_image(array: np.ndarray, kind: str) -> bytes:
     buffer = io.BytesIO()
     if kind == "JPEG":
         Image.fromarray(array).save(buffer, "JPEG", quality=JPEG_QUALITY)
@@ -138,8 +148,8 @@ def _write_voc(voc: Path, spec: SyntheticSpec) -> None:
     for index in range(spec.num_images):
         image, labels = generate_image(spec, index)
         name = spec.image_name(index)
-        (voc / "JPEGImages" / f"{name}.jpg").write_bytes(_encode(image, "JPEG"))
-        (voc / "SegmentationClassAug" / f"{name}.png").write_bytes(_encode(labels, "PNG"))
+        (voc / "JPEGImages" / f"{name}.jpg").write_bytes(encode_image(image, "JPEG"))
+        (voc / "SegmentationClassAug" / f"{name}.png").write_bytes(encode_image(labels, "PNG"))
     num_val = round(spec.num_images * spec.val_fraction)
     names = [spec.image_name(index) for index in range(spec.num_images)]
     split_at = len(names) - num_val
@@ -150,24 +160,13 @@ def _write_voc(voc: Path, spec: SyntheticSpec) -> None:
 def write_synthetic_pascal(out_dir: Path | str, spec: SyntheticSpec | None = None) -> Path:
     """Generate the dataset into ``<out_dir>/VOC2012`` and return that folder.
 
-    The files are written to a temporary sibling folder that replaces ``VOC2012`` only once complete,
-    so a failure never leaves a half-written dataset behind.
+    The files are written to a temporary sibling folder that replaces ``VOC2012`` only once complete
+    (:func:`~fsdino.io.atomic.atomic_folder`), so a failure never leaves a half-written dataset behind.
     """
     spec = spec or SyntheticSpec()
     if not 1 <= spec.objects[0] <= spec.objects[1] <= NUM_CLASSES or not 16 <= spec.min_size <= spec.max_size:
         raise ValueError(f"inconsistent synthetic spec: {spec}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / "VOC2012"
-    staging = Path(tempfile.mkdtemp(prefix=".VOC2012.partial-", dir=out_dir))
-    try:
+    target = Path(out_dir) / "VOC2012"
+    with atomic_folder(target) as staging:
         _write_voc(staging, spec)
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=".VOC2012.old-", dir=out_dir))
-            target.rename(retired / "VOC2012")
-            shutil.rmtree(retired)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

@@ -88,3 +88,43 @@ def jf_mean(scores: Mapping[str, tuple[float, float]]) -> dict[str, float]:
     j_mean = float(np.mean([j for j, _ in scores.values()]))
     f_mean = float(np.mean([f for _, f in scores.values()]))
     return {"J": j_mean, "F": f_mean, "J&F": (j_mean + f_mean) / 2}
+
+
+def frame_scores(prediction: np.ndarray, truth: np.ndarray, void: int = 255) -> tuple[float, float]:
+    """(J, F) of one frame: H×W bool prediction against H×W truth {0, 1, ``void``}.
+
+    Void pixels are dropped from both masks, as the official evaluation does with its void mask.
+    """
+    truth = np.asarray(truth)
+    keep = truth != void
+    return region_similarity(prediction & keep, truth == 1), boundary_f_measure(prediction & keep, truth == 1)
+
+
+class DavisMeter:
+    """Accumulates per-frame (J, F) per object and aggregates them into J-Mean, F-Mean and J&F-Mean.
+
+    The caller feeds the scored frames only: in the semi-supervised protocol every frame but the first
+    (the support) and the last of a sequence.
+    """
+
+    def __init__(self) -> None:
+        self.frames: dict[str, list[tuple[float, float]]] = {}
+
+    def update(self, object_key: str, prediction: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+        scores = frame_scores(np.asarray(prediction, dtype=bool), truth)
+        self.frames.setdefault(object_key, []).append(scores)
+        return scores
+
+    def object_scores(self) -> dict[str, tuple[float, float]]:
+        """object key → (mean J, mean F) over its scored frames."""
+        return {
+            key: (float(np.mean([j for j, _ in values])), float(np.mean([f for _, f in values])))
+            for key, values in self.frames.items()
+        }
+
+    def summary(self) -> dict[str, float | int]:
+        return {
+            **jf_mean(self.object_scores()),
+            "objects": len(self.frames),
+            "frames": sum(len(values) for values in self.frames.values()),
+        }

@@ -7,7 +7,7 @@ against the nearest-resized mask instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, NamedTuple
 
 import torch
@@ -37,7 +37,67 @@ def support_foreground(masks: torch.Tensor) -> torch.Tensor:
     return (masks == 1).float()
 
 
+class EpisodeOutput(NamedTuple):
+    """One episode's binary prediction beside its ground truth, and where it sits in its batch."""
+
+    index: int  # the episode's position in the evaluation list
+    class_id: int
+    truth: torch.Tensor  # H×W {0, 1, 255}, on the CPU
+    prediction: torch.Tensor  # H×W bool, on the CPU
+    batch: dict  # the collated batch it came from
+    position: int  # its row in ``batch``
+
+
 @torch.no_grad()
+def predict(
+    model: Callable,
+    batches: Iterable[dict],
+    runtime: Runtime,
+    *,
+    resolution: Resolution = "original",
+    progress: bool = False,
+) -> Iterator[EpisodeOutput]:
+    """Run ``model`` (query, supports, support masks → output with ``mask_logits``) over episode batches.
+
+    Args:
+        model: FS-DINO or a baseline, in eval mode.
+        batches: from ``fsdino.data.dataset.make_loader`` over an evaluation ``EpisodeDataset``.
+        runtime: device and autocast.
+        resolution: where to compare (module docstring).
+        progress: show a progress bar.
+    """
+    device = runtime.device
+    for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        with runtime.autocast():
+            output = model(
+                batch["query_image"].to(device),
+                batch["support_images"].to(device),
+                support_foreground(batch["support_masks"]).to(device),
+            )
+        logits = output.mask_logits.float()
+        if resolution == "input":
+            truths = list(batch["query_mask"])
+            predictions = list(logits[:, 0] > 0)
+        else:
+            truths = batch["query_mask_original"]
+            predictions = [
+                F.interpolate(item[None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0] > 0
+                for item, truth in zip(logits, truths, strict=True)
+            ]
+        classes = batch["class_id"].tolist()
+        for position, (prediction, truth, class_id) in enumerate(zip(predictions, truths, classes, strict=True)):
+            yield EpisodeOutput(int(batch["index"][position]), class_id, truth.cpu(), prediction.cpu(), batch, position)
+
+
+def kept_prediction(item: EpisodeOutput) -> Prediction:
+    """The episode's tensors for an overlay panel."""
+    batch, position = item.batch, item.position
+    return Prediction(
+        item.index, item.class_id, batch["query_image"][position], batch["support_images"][position],
+        batch["support_masks"][position], item.truth, item.prediction,
+    )  # fmt: skip
+
+
 def evaluate(
     model: Callable,
     batches: Iterable[dict],
@@ -48,46 +108,16 @@ def evaluate(
     keep: set[int] | None = None,
     progress: bool = False,
 ) -> tuple[SegmentationMeter, list[Prediction]]:
-    """Score ``model`` (query, supports, support masks → output with ``mask_logits``) over episode batches.
+    """Score ``model`` over episode batches with the standard protocol (arguments as :func:`predict`).
 
     Args:
-        model: FS-DINO or a baseline, in eval mode.
-        batches: from ``fsdino.data.dataset.make_loader`` over an evaluation ``EpisodeDataset``.
         class_ids: the fold's classes (mIoU averages over exactly these).
-        runtime: device and autocast.
-        resolution: where to compare (module docstring).
         keep: episode indices whose predictions are returned for overlays.
-        progress: show a progress bar.
     """
     meter = SegmentationMeter(tuple(class_ids))
     kept: list[Prediction] = []
-    device = runtime.device
-    for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
-        with runtime.autocast():
-            output = model(
-                batch["query_image"].to(device),
-                batch["support_images"].to(device),
-                support_foreground(batch["support_masks"]).to(device),
-            )
-        logits = output.mask_logits.float()
-        classes = batch["class_id"].tolist()
-        if resolution == "input":
-            truths = list(batch["query_mask"])
-            predictions = list(logits[:, 0] > 0)
-        else:
-            truths = batch["query_mask_original"]
-            predictions = [
-                F.interpolate(item[None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0] > 0
-                for item, truth in zip(logits, truths, strict=True)
-            ]
-        for position, (prediction, truth, class_id) in enumerate(zip(predictions, truths, classes, strict=True)):
-            meter.update(prediction[None].cpu(), truth[None].cpu(), [class_id])
-            index = int(batch["index"][position])
-            if keep and index in keep:
-                kept.append(
-                    Prediction(
-                        index, class_id, batch["query_image"][position], batch["support_images"][position],
-                        batch["support_masks"][position], truth.cpu(), prediction.cpu(),
-                    )
-                )  # fmt: skip
+    for item in predict(model, batches, runtime, resolution=resolution, progress=progress):
+        meter.update(item.prediction[None], item.truth[None], [item.class_id])
+        if keep and item.index in keep:
+            kept.append(kept_prediction(item))
     return meter, kept

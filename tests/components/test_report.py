@@ -22,6 +22,7 @@ from components import report_tables as tables
 from components.report import ReportConfig, collect, git_commit, main, plot_specs, run
 from fsdino.errors import InputError
 from tests.components.report_fixtures import (
+    CROSSDOMAIN,
     EPOCHS,
     FOLDS,
     OVERLAYS_PER_RUN,
@@ -120,7 +121,9 @@ def test_page_tables_hold_the_numbers(rendered: tuple[Path, dict]) -> None:
     out, summary = rendered
     page = out.read_text()
     found = read_tables(page)
-    assert summary["sections"] == ["results", "ablation", "per-class", "distillation", "training", "overlays"]
+    assert summary["sections"] == [
+        "results", "ablation", "crossdomain", "per-class", "distillation", "training", "overlays"
+    ]  # fmt: skip
     for section in summary["sections"]:
         assert f'<section id="{section}">' in page and f'href="#{section}"' in page
     miou = found["results-miou"]
@@ -139,7 +142,12 @@ def test_page_tables_hold_the_numbers(rendered: tuple[Path, dict]) -> None:
     assert [row[0] for row in found["distill-table"].rows[1:]] == [str(stage) for stage in STAGES]
     assert len(found["training-table"].rows) == 1 + len(VARIANTS) * len(FOLDS) * len(SHOTS)
     assert page.count("<svg") == 1 + len(VARIANTS) * len(SHOTS)
-    assert page.count('<img src="data:image/png;base64,') == summary["overlays"] == 16
+    assert summary["overlays"] == 16 and summary["crossdomain"] == ["davis", "fss"]
+    assert page.count('<img src="data:image/png;base64,') == 16 + len(CROSSDOMAIN)  # one panel per target
+    cross = found["crossdomain-table"]
+    assert cross.rows[0] == ["Model", "DAVIS-17 J&F", "DAVIS-17 J", "DAVIS-17 F", "FSS-1000 mIoU", "FSS-1000 FB-IoU"]
+    assert cross.rows[1] == ["FS-DINO (full), trained on coco fold 0, 1-shot", "44.0", "41.0", "47.0", "71.2", "80.0"]
+    assert cross.rows[2][1:] == ["22.5", "20.0", "25.0", "30.0", "50.0"] and cross.rows[2][0].startswith("Baseline")
     assert "Mini &lt;run&gt;" in page and "<script" not in page
 
 
@@ -322,10 +330,10 @@ def test_page_renders_in_headless_chromium(rendered: tuple[Path, dict], tmp_path
         return subprocess.run(command, capture_output=True, text=True, timeout=90)
 
     dom = chromium("--dump-dom").stdout
-    assert len(re.findall(r"<table id=", dom)) == 9
+    assert len(re.findall(r"<table id=", dom)) == 10
     assert dom.count("<svg") == 1 + len(VARIANTS) * len(SHOTS)
-    assert dom.count("<img ") == summary["overlays"]
-    assert re.search(r'<section id="overlays">', dom) and "results-miou" in dom
+    assert dom.count("<img ") == summary["overlays"] + len(CROSSDOMAIN)
+    assert re.search(r'<section id="overlays">', dom) and "results-miou" in dom and "crossdomain-table" in dom
 
     screenshot = tmp_path / "page.png"
     chromium("--window-size=1280,2400", f"--screenshot={screenshot}")

@@ -184,3 +184,17 @@ def make_davis(root: Path) -> Path:
     (root / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
     (root / "ImageSets" / "2017" / "val.txt").write_text("".join(f"{sequence}\n" for sequence in DAVIS_SEQUENCES))
     return root
+
+
+# --- checks on generated datasets ---------------------------------------------------------------------
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Relative path → sha256 of every file below ``folder`` (equal dicts: byte-identical trees)."""
+    import hashlib
+
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -10,22 +9,15 @@ import numpy as np
 from fsdino.data import pascal
 from fsdino.data.synthetic import SyntheticSpec, generate_image, write_synthetic_pascal
 from fsdino.data.synthetic_shapes import class_family, class_names
+from tests.data.mini_datasets import folder_digest
 
 SMALL = SyntheticSpec(num_images=12, min_size=64, max_size=96)
 
 
-def _digest(folder: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
-    first = _digest(write_synthetic_pascal(tmp_path / "a", SMALL))
-    assert first == _digest(write_synthetic_pascal(tmp_path / "b", SMALL))
-    other = _digest(write_synthetic_pascal(tmp_path / "c", SyntheticSpec(**{**SMALL.__dict__, "seed": 1})))
+    first = folder_digest(write_synthetic_pascal(tmp_path / "a", SMALL))
+    assert first == folder_digest(write_synthetic_pascal(tmp_path / "b", SMALL))
+    other = folder_digest(write_synthetic_pascal(tmp_path / "c", SyntheticSpec(**{**SMALL.__dict__, "seed": 1})))
     assert first.keys() == other.keys() and first != other
     assert sorted(path.name for path in tmp_path.joinpath("a").iterdir()) == ["VOC2012"]  # no leftovers
 

@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 
 from fsdino.evaluation.davis import (
+    DavisMeter,
     boundary_f_measure,
     boundary_map,
     disk,
+    frame_scores,
     jf_mean,
     object_scores,
     region_similarity,
@@ -62,3 +64,34 @@ def test_first_and_last_frames_are_excluded_and_objects_are_averaged():
     j2, f2 = object_scores([truth[0], wrong, truth[2], truth[3]], truth)
     assert j2 == pytest.approx(0.5) and f2 == pytest.approx(0.5)
     assert jf_mean({"a/1": (j, f), "a/2": (j2, f2)}) == pytest.approx({"J": 0.75, "F": 0.75, "J&F": 0.75})
+
+
+def test_frame_scores_drop_void_pixels_from_both_masks():
+    truth = np.zeros((10, 10), dtype=np.uint8)
+    truth[2:6, 2:6] = 1
+    truth[6:8, 2:6] = 255  # a void band under the object
+    prediction = square((10, 10), 2, 2, 6)  # rows and columns 2-7: the object, the void band and more
+    j, f = frame_scores(prediction, truth)
+    # void dropped: prediction 36 - 8 = 28 px, truth 16 px inside it → J = 16 / 28 (with void: 16 / 36)
+    assert j == pytest.approx(16 / 28)
+    assert 0 < f <= 1
+    assert frame_scores(truth == 1, truth) == (1.0, 1.0)
+    empty = np.zeros((10, 10), dtype=np.uint8)
+    assert frame_scores(np.zeros((10, 10), dtype=bool), empty) == (1.0, 1.0)
+
+
+def test_davis_meter_averages_frames_per_object_then_objects():
+    meter = DavisMeter()
+    truth = np.zeros((8, 8), dtype=np.uint8)
+    truth[:4, :4] = 1
+    half = np.zeros((8, 8), dtype=bool)
+    half[:4, :2] = True
+    meter.update("seq/1", truth == 1, truth)  # J 1
+    meter.update("seq/1", half, truth)  # J 0.5
+    meter.update("seq/2", np.zeros((8, 8), dtype=bool), truth)  # J 0, F 0
+    scores = meter.object_scores()
+    assert scores["seq/1"][0] == pytest.approx(0.75) and scores["seq/2"] == (0.0, 0.0)
+    summary = meter.summary()
+    assert summary["J"] == pytest.approx(0.375)
+    assert summary["J&F"] == pytest.approx((summary["J"] + summary["F"]) / 2)
+    assert summary["objects"] == 2 and summary["frames"] == 3

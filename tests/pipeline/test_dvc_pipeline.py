@@ -67,8 +67,12 @@ def test_dvc_repro_runs_every_stage(workspace, reproduced):
     assert memo["memo"] is True and memo["entries"] > 0
     trained = json.loads((workspace / "outputs/train/full/fold0_shot1/metrics.json").read_text())
     assert trained["feature_memo"]["misses"] == 0
+    fss = json.loads((workspace / "outputs/evaluate/crossdomain/fss/metrics.json").read_text())
+    davis = json.loads((workspace / "outputs/evaluate/crossdomain/davis/metrics.json").read_text())
+    assert fss["episodes"] == 2 and 0.0 <= fss["miou"] <= 1.0  # the one test class's two images
+    assert davis["episodes"] == 2 * davis["objects"] and 0.0 <= davis["J&F"] <= 1.0
     page = (workspace / "outputs/report/index.html").read_text()
-    assert "<table" in page and 'id="ablation"' in page
+    assert "<table" in page and 'id="ablation"' in page and 'id="crossdomain-table"' in page
     registration = json.loads((workspace / "outputs/register/model.json").read_text())
     assert registration["name"] == "fsdino" and registration["version"] == 1
     assert registration["aliases"] == ["challenger", "champion"] and registration["promoted"] is True

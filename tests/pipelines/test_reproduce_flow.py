@@ -18,17 +18,9 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.testing.utilities import prefect_test_harness
 
+from pipelines.artifacts import SUMMARY_KEY, artifact_key, summary_markdown
 from pipelines.dag import load_steps, select
-from pipelines.reproduce import (
-    RAN,
-    RESTORED,
-    SUMMARY_KEY,
-    UP_TO_DATE,
-    StepFailedError,
-    artifact_key,
-    reproduce,
-    summary_markdown,
-)
+from pipelines.reproduce import RAN, RESTORED, UP_TO_DATE, StepFailedError, reproduce
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc.*")
@@ -289,8 +281,11 @@ def test_the_tiny_profile_reproduces_through_the_flow(prefect_api, tmp_path):
     expected = [step.name for step in load_steps(workspace)]
     assert list(done) == expected and set(done.values()) == {RAN}
     assert {"distill_3", "report"} <= set(done) and any(name.startswith("evaluate@") for name in done)
-    keys = [artifact_key("full", 0, 1), SUMMARY_KEY]
-    assert set(artifacts_of(flow_run_id, keys)) == set(keys)
+    keys = [artifact_key("full", 0, 1), SUMMARY_KEY, "fsdino-crossdomain-fss", "fsdino-crossdomain-davis"]
+    found = artifacts_of(flow_run_id, keys)
+    assert set(found) == set(keys)
+    assert "J&F" in found["fsdino-crossdomain-davis"].description
+    assert {"sequence", "object", "J", "F"} <= set(json.loads(found["fsdino-crossdomain-davis"].data)[0])
     metrics = json.loads((workspace / "outputs/evaluate/full/fold0_shot1/metrics.json").read_text())
     assert 0.0 <= metrics["miou"] <= 1.0
     status = dvc(["status"], workspace)

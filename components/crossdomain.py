@@ -1,0 +1,162 @@
+"""Pipeline step: Table 3 — one trained model on an out-of-distribution dataset, one-shot, no fine-tuning.
+
+    python -m components.crossdomain --target fss|davis [--params params.yaml]
+
+The model is ``crossdomain.variant``'s one-shot run of fold ``crossdomain.fold`` (``best.pt``; the
+paper's is trained on COCO-20i's base classes). FSS-1000: every test-class image is a query once,
+its support another image of the class (seeded), scored like the benchmark (mIoU over the test classes,
+FB-IoU, at the original mask resolution). DAVIS-17: every frame but the first is a query for each
+object of its sequence, the first frame and its mask the support; J, F and J&F-Mean as the official
+evaluation defines them (first and last frames excluded). With ``evaluate.baseline`` the parameter-free
+baseline (thresholded prototype cosine similarity of the same frozen encoder, its threshold tuned on the
+training benchmark's base classes of the fold, as in ``components.evaluate``) is scored on the same
+episodes. Writes ``metrics.json``, a per-class (FSS) or per-object (DAVIS) CSV and overlays of a fixed
+handful of episodes (see docs/artifacts.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.benchmark_data import FoldData
+from components.cli import params_main
+from components.config import Params
+from components.crossdomain_config import SHOT
+from components.evaluate import overlay_indices, per_class_table, tune_baseline, write_overlays
+from fsdino.data.benchmark import Split, evaluation_episodes, open_split, read_manifest
+from fsdino.data.dataset import EpisodeDataset, make_loader
+from fsdino.data.transforms import EvalTransform
+from fsdino.errors import InputError
+from fsdino.evaluation.davis import DavisMeter
+from fsdino.evaluation.engine import EpisodeOutput, kept_prediction, predict
+from fsdino.evaluation.metrics import SegmentationMeter
+from fsdino.io.atomic import atomic_path, write_json_atomic
+from fsdino.models.baseline import PrototypeBaseline
+from fsdino.models.build import load_fsdino
+from fsdino.training.runtime import runtime
+
+#: The split each target is scored on.
+SPLITS = {"fss": "test", "davis": "val"}
+HEADLINE = ("miou", "fb_iou", "J", "F", "J&F")
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False)
+
+
+class FssScores:
+    """mIoU over the split's classes and FB-IoU, as the few-shot benchmarks are scored (``per_class.csv``)."""
+
+    table_name = "per_class.csv"
+
+    def __init__(self, split: Split) -> None:
+        self.classes = tuple(sorted({class_id for _, class_id in split.pairs}))
+        self.names = {class_id: name for name, class_id in split.source.class_ids.items()}
+        self.meter = SegmentationMeter(self.classes)
+
+    def update(self, item: EpisodeOutput, image_id: str) -> None:
+        self.meter.update(item.prediction[None], item.truth[None], [item.class_id])
+
+    def result(self) -> tuple[dict[str, Any], pd.DataFrame]:
+        summary = {k: v for k, v in self.meter.summary().items() if k != "episodes"}
+        return {**summary, "classes": len(self.classes)}, per_class_table(self.meter, self.names)
+
+
+class DavisScores:
+    """J, F and J&F-Mean over the objects (``per_object.csv``); a sequence's last frame is predicted but not
+    scored (its first frame is the support, never a query)."""
+
+    table_name = "per_object.csv"
+
+    def __init__(self, split: Split) -> None:
+        source = split.source
+        self.last_frame = {source.sequence(index): source.image_id(index) for index in range(len(source))}
+        self.meter = DavisMeter()
+
+    def update(self, item: EpisodeOutput, image_id: str) -> None:
+        sequence = image_id.split("/")[0]
+        if image_id != self.last_frame[sequence]:
+            self.meter.update(f"{sequence}/{item.class_id}", item.prediction.numpy(), item.truth.numpy())
+
+    def result(self) -> tuple[dict[str, Any], pd.DataFrame]:
+        rows = [
+            {"sequence": key.split("/")[0], "object": int(key.split("/")[1]), "J": j, "F": f, "JF": (j + f) / 2,
+             "frames": len(self.meter.frames[key])}
+            for key, (j, f) in self.meter.object_scores().items()
+        ]  # fmt: skip
+        return self.meter.summary(), pd.DataFrame(rows, columns=["sequence", "object", "J", "F", "JF", "frames"])
+
+
+SCORES = {"fss": FssScores, "davis": DavisScores}
+
+
+def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
+    name, settings = args.target, params.crossdomain
+    if name not in settings.targets:
+        raise InputError(f"crossdomain.targets: {name!r} is not a target (targets: {settings.targets})")
+    checkpoint = params.train.run_dir(settings.variant, settings.fold, SHOT) / "best.pt"
+    if not checkpoint.is_file():
+        raise InputError(
+            f"{checkpoint}: no trained model (run the train step for {settings.variant}, fold {settings.fold}, 1-shot)"
+        )
+    stage_dir = settings.stage_dir(name)
+    manifest = read_manifest(stage_dir)
+    if manifest["dataset"] != name:
+        raise InputError(f"{stage_dir}/manifest.json: dataset is {manifest['dataset']!r}, expected {name!r}")
+    split = open_split(stage_dir, SPLITS[name])
+    model, config, _ = load_fsdino(checkpoint)
+    episodes = evaluation_episodes(split, SHOT, seed=params.evaluate.seed)
+    dataset = EpisodeDataset(split.source, episodes, EvalTransform(config.image_size), training=False)
+    keep = overlay_indices(len(episodes), settings.overlays)
+    with runtime(params.train.loop.device, params.train.loop.amp) as rt:
+        model.to(rt.device).eval()
+        loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
+        scores, kept = SCORES[name](split), []
+        for item in predict(model, loader, rt, resolution=params.evaluate.resolution, progress=True):
+            scores.update(item, episodes[item.index].query_id)  # scored as they come: no mask is kept
+            if item.index in keep:
+                kept.append(kept_prediction(item))
+        baseline_summary = None
+        if params.evaluate.baseline:
+            baseline = PrototypeBaseline(model.encoder)
+            fold_data = FoldData.open(params.benchmark.out, settings.fold)
+            baseline.threshold = tune_baseline(baseline, fold_data, SHOT, config.image_size, rt)
+            loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
+            base_scores = SCORES[name](split)
+            for item in predict(baseline, loader, rt, resolution=params.evaluate.resolution):
+                base_scores.update(item, episodes[item.index].query_id)
+            baseline_summary = {**base_scores.result()[0], "threshold": baseline.threshold}
+    summary, table = scores.result()
+    out_dir = settings.run_dir(name)
+    _write_csv(table, out_dir / scores.table_name)
+    overlays = write_overlays(kept, out_dir / "overlays")
+    metrics = {
+        "dataset": name, "split": SPLITS[name], "variant": settings.variant, "fold": settings.fold, "shot": SHOT,
+        "trained_on": params.benchmark.kind, "checkpoint": str(checkpoint),
+        "episodes": len(episodes), **summary, "seed": params.evaluate.seed,
+        "resolution": params.evaluate.resolution, "overlays": overlays, "baseline": baseline_summary,
+    }  # fmt: skip
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    headline = {k: v for k, v in summary.items() if k in HEADLINE}
+    if baseline_summary is not None:
+        headline.update({f"baseline_{k}": v for k, v in baseline_summary.items() if k in HEADLINE})
+    return {"target": name, "episodes": len(episodes), **headline, "out_dir": str(out_dir)}
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", required=True, choices=sorted(SPLITS))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return params_main(run, argv, __doc__.splitlines()[0], _arguments, lambda args: f"crossdomain@{args.target}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
