@@ -1,13 +1,15 @@
 """The command-line shape shared by the pipeline steps that read the whole ``params.yaml``.
 
 ``python -m components.<step> [--params params.yaml] [step options]``: the step's summary is printed as
-one JSON line on stdout; bad input ends with ``error: <one line>`` on stderr and exit code 2.
+one JSON line on stdout; bad input ends with ``error: <one line>`` on stderr and exit code 2. Under
+``torchrun`` only rank 0 tracks the step in MLflow and prints the summary; the other ranks just run it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,8 +44,14 @@ def params_main(
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    print(json.dumps(summary, default=str))
+    if is_main_process():
+        print(json.dumps(summary, default=str))
     return 0
+
+
+def is_main_process() -> bool:
+    """False in the ranks other than 0 of a ``torchrun`` launch (``RANK`` set and not ``"0"``)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def fingerprint(*parts: Any) -> str:
@@ -58,9 +66,16 @@ def fingerprint(*parts: Any) -> str:
 
 
 def prepare_work_dir(path: Path, run_fingerprint: str) -> Path:
-    """A folder for resumable training state, emptied when it belongs to another configuration."""
+    """A folder for resumable training state, emptied when it belongs to another configuration.
+
+    Only rank 0 of a ``torchrun`` launch prepares it: the other ranks return the path untouched (two ranks
+    emptying one folder race). Call it before :func:`fsdino.training.runtime.runtime`, whose process-group
+    rendezvous then holds every rank until rank 0 is done, so no rank reads the folder before that.
+    """
     import shutil
 
+    if not is_main_process():
+        return path
     marker = path / "fingerprint.txt"
     if path.exists() and (not marker.is_file() or marker.read_text().strip() != run_fingerprint):
         shutil.rmtree(path)
@@ -84,9 +99,10 @@ def tracked(params: Params, stage: str, step: Callable[[], dict[str, Any]]) -> d
     Every stage of one reproduction (same git commit, same parameters) joins the same parent run: its id
     is kept in ``outputs/.work/mlflow/<digest>.run_id`` (an orchestrator may hand one over in
     ``FSDINO_MLFLOW_RUN_ID`` instead). Numbers of the step's summary become metrics of the nested run and
-    the small files of its ``out_dir`` its artifacts. With ``tracking.enabled: false`` it only runs ``step``.
+    the small files of its ``out_dir`` its artifacts. With ``tracking.enabled: false``, and in the ranks
+    other than 0 of a ``torchrun`` launch (which must not create or log to runs), it only runs ``step``.
     """
-    if not params.tracking.enabled:
+    if not params.tracking.enabled or not is_main_process():
         return step()
     import mlflow
 

@@ -61,7 +61,8 @@ def train_episodic(
     """Train ``model`` in place; resumes exactly from ``work_dir/state.pt`` when it exists.
 
     Returns the final position; its ``history`` rows hold ``train_loss``, ``train_loss_final``,
-    ``train_loss_prior`` and, with ``validate``, ``val_miou`` and ``val_fb_iou`` per epoch.
+    ``train_loss_prior`` (under DDP: the mean over the ranks) and, with ``validate`` (run on rank 0 only),
+    ``val_miou`` and ``val_fb_iou`` per epoch.
     """
     device = runtime.device
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +121,7 @@ def train_episodic(
             if on_step is not None:
                 on_step(position)
         model.eval()
+        _average_over_ranks(position, runtime)
         scores = {}
         if validate is not None and runtime.is_main:
             metrics = validate(model)
@@ -138,6 +140,20 @@ def train_episodic(
         runtime.barrier()
     model.eval()
     return position
+
+
+def _average_over_ranks(position: RunPosition, runtime: Runtime) -> None:
+    """Under DDP, replace the epoch's running sums by their mean over the ranks, so that every rank's
+    history (and rank 0's choice of ``best.pt`` without validation) describes all the ranks' episodes.
+
+    Every rank takes the same number of steps, so the mean of the per-rank sums over the step count is
+    the mean of the per-rank epoch means.
+    """
+    if not runtime.distributed or not position.sums:
+        return
+    names = sorted(position.sums)
+    sums = torch.tensor([position.sums[name] for name in names], dtype=torch.float64, device=runtime.device)
+    position.sums = dict(zip(names, runtime.all_reduce_mean(sums).tolist(), strict=True))
 
 
 def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from fsdino.errors import InputError
+
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
 
 
@@ -52,14 +54,26 @@ class Runtime:
 
 
 def amp_dtype_for(mode: AmpMode, device: torch.device) -> torch.dtype | None:
-    """``auto`` = bf16 on CUDA (fp16 where bf16 is unsupported), full precision on the CPU."""
-    if mode == "off" or device.type != "cuda":
+    """The autocast dtype of ``mode`` on ``device`` (``None``: full precision).
+
+    * ``off``: full precision everywhere.
+    * ``auto`` (the default): bf16 on CUDA (fp16 where bf16 is unsupported), full precision on the CPU
+      and any other device.
+    * ``bf16``: bf16 on every device, the CPU included (CPU autocast supports it; no grad scaler needed).
+    * ``fp16``: fp16 on CUDA only; elsewhere it is an :class:`~fsdino.errors.InputError` (fp16 needs the
+      grad scaler, and CPU matmuls gain nothing from it: ask for ``bf16`` or ``off`` instead).
+    """
+    if mode == "off":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if device.type != "cuda":
+        if mode == "fp16":
+            raise InputError(f"loop.amp: 'fp16' needs a CUDA device, not {device.type!r}; use 'bf16' or 'off'")
         return None
     if mode == "fp16":
         return torch.float16
-    if mode == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 @contextlib.contextmanager
@@ -74,6 +88,7 @@ def runtime(device: str = "auto", amp: AmpMode = "auto") -> Iterator[Runtime]:
     if device == "auto":
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     torch_device = torch.device(device)
+    amp_dtype = amp_dtype_for(amp, torch_device)  # before the process group: a bad mode fails at once
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
     started = False
@@ -81,7 +96,7 @@ def runtime(device: str = "auto", amp: AmpMode = "auto") -> Iterator[Runtime]:
         dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
         started = True
     try:
-        yield Runtime(torch_device, rank, world_size, amp_dtype_for(amp, torch_device))
+        yield Runtime(torch_device, rank, world_size, amp_dtype)
     finally:
         if started:
             dist.destroy_process_group()

@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from fsdino.checkpoints import load_weights_file
 from fsdino.config import EncoderConfig, TeacherConfig
 from fsdino.errors import InputError
 from fsdino.models.adapter import BottleneckAdapter
@@ -17,6 +20,17 @@ from fsdino.training.distill import (
 )
 from fsdino.training.runtime import Runtime
 from fsdino.training.teacher_cache import TeacherCache, build_teacher_cache
+from tests.training.loops import (
+    DDP_BATCH,
+    DDP_EPOCHS,
+    DDP_ITEMS,
+    FirstGradients,
+    TinyImages,
+    assert_matches_single_process,
+    ddp_config,
+    distill_adapter,
+    torchrun,
+)
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -126,3 +140,36 @@ def test_evaluate_mse_matches_the_loss_definition(parts):
     with torch.no_grad():
         expected = F.mse_loss(adapter(student(images).layer3), targets(batch, 4)).item()
     assert mse == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_distil_like_one_process_with_twice_the_batch(parts, tmp_path: Path) -> None:
+    ranks = torchrun("distill", tmp_path)
+    assert [report["rank"] for report in ranks] == [0, 1]
+
+    student, teacher = parts  # the same builders as the ranks' (tests/training/loops.py: distill_parts)
+    adapter = distill_adapter()
+    initial = {name: value.clone() for name, value in adapter.state_dict().items()}
+    first = FirstGradients(adapter)
+    config = ddp_config(batch_size=2 * DDP_BATCH)  # the union of the ranks' k-th batches is this one's k-th
+    position = distill_stage(
+        student=student, adapter=adapter, data=TinyImages(DDP_ITEMS), targets=online_targets(teacher, CPU),
+        config=config, runtime=CPU, checkpoint=tmp_path / "single.pt", fingerprint="single", on_step=first.on_step,
+    )  # fmt: skip
+    steps = DDP_EPOCHS * DDP_ITEMS // (2 * DDP_BATCH)
+    assert position.global_step == ranks[0]["global_step"] == ranks[1]["global_step"] == steps == 4
+
+    for name, value in ranks[0]["weights"].items():  # DDP keeps the ranks in lockstep
+        assert torch.equal(ranks[1]["weights"][name], value), name
+    weights = adapter.state_dict()
+    assert_matches_single_process(ranks[0], first.gradients, weights, initial, lr=config.lr, steps=steps)
+    for report in ranks:  # the epoch loss is averaged over the ranks
+        losses = [row["loss"] for row in report["history"]]
+        assert losses == pytest.approx([row["loss"] for row in position.history], rel=1e-5)
+
+    assert ranks[0]["writes"] == ["state.pt"] * 6 and ranks[1]["writes"] == []  # 4 steps + 2 epoch ends
+    assert sorted(path.name for path in (tmp_path / "work").iterdir()) == ["state.pt"]
+    state = load_weights_file(tmp_path / "work" / "state.pt")
+    assert state["fingerprint"] == "ddp" and state["position"]["global_step"] == steps
+    for name, value in ranks[0]["weights"].items():
+        assert torch.equal(state["states"]["adapter"][name], value), name

@@ -1,4 +1,4 @@
-"""The loops' learning-rate schedule and optimiser step (grad clipping)."""
+"""The loops' learning-rate schedule, optimiser step (grad clipping) and mixed-precision modes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+from fsdino.errors import InputError
 from fsdino.training.config import LoopConfig
-from fsdino.training.runtime import learning_rate, optimizer_step
+from fsdino.training.runtime import amp_dtype_for, learning_rate, optimizer_step, runtime
 
 
 def test_constant_schedule_is_the_base_rate_after_warmup():
@@ -45,3 +46,29 @@ def test_optimizer_step_sets_the_rate_and_clips_the_gradient_norm():
     unclipped = torch.nn.Parameter(torch.zeros(1))
     optimizer_step((unclipped * 3.0).sum(), torch.optim.SGD([unclipped], lr=1.0), None)
     assert unclipped.item() == pytest.approx(-3.0)
+
+
+def test_amp_modes_on_the_cpu_auto_is_full_precision_and_bf16_autocasts(monkeypatch):
+    cpu = torch.device("cpu")
+    assert amp_dtype_for("auto", cpu) is None and amp_dtype_for("off", cpu) is None
+    assert amp_dtype_for("bf16", cpu) is torch.bfloat16
+    with pytest.raises(InputError, match=r"loop\.amp: 'fp16' needs a CUDA device, not 'cpu'; use 'bf16' or 'off'"):
+        amp_dtype_for("fp16", cpu)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    left, right = torch.rand(4, 8), torch.rand(8, 3)
+    with runtime("cpu", "bf16") as rt, rt.autocast():
+        assert rt.amp_dtype is torch.bfloat16 and (left @ right).dtype == torch.bfloat16
+    with runtime("cpu", "auto") as rt, rt.autocast():
+        assert rt.amp_dtype is None and (left @ right).dtype == torch.float32
+    with pytest.raises(InputError, match="'fp16' needs a CUDA device"), runtime("cpu", "fp16"):
+        pass
+
+
+def test_amp_modes_on_cuda(monkeypatch):
+    cuda = torch.device("cuda", 0)  # only the choice of dtype: nothing runs on the device
+    assert amp_dtype_for("off", cuda) is None
+    assert amp_dtype_for("fp16", cuda) is torch.float16 and amp_dtype_for("bf16", cuda) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert amp_dtype_for("auto", cuda) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert amp_dtype_for("auto", cuda) is torch.float16
