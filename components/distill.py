@@ -26,7 +26,7 @@ from fsdino.data.sa1b import SA1BImages
 from fsdino.errors import InputError
 from fsdino.io.atomic import atomic_path, write_json_atomic
 from fsdino.models.adapter import BottleneckAdapter
-from fsdino.models.build import build_encoder, build_teacher
+from fsdino.models.build import build_encoder, build_teacher, seeded
 from fsdino.models.teacher import SAM_PATCH_SIZE
 from fsdino.training.distill import WithTeacherImages, cached_targets, distill_stage, evaluate_mse, online_targets
 from fsdino.training.runtime import Runtime, runtime
@@ -60,7 +60,8 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     keys = manifest_keys(params)
     train_rows, val_rows = split_indices(len(keys), distill.val_fraction)
     student = build_encoder(params.model.encoder, params.model.image_size, blocks=3)
-    adapter = BottleneckAdapter(in_dim=student.embed_dim)
+    with seeded(distill.loop.seed):  # stage 1 starts from the same weights in every run
+        adapter = BottleneckAdapter(in_dim=student.embed_dim)
     previous = distill.stage_dir(stage - 1) / "adapter.pt" if stage > 1 else None
     if previous is not None:
         load_adapter(previous, adapter)

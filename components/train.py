@@ -47,7 +47,7 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_loss_final", "train_loss_prior"
 def build_model(params: Params, variant: str) -> tuple[FSDINO, ModelConfig]:
     """The model to train: config of the profile with ``variant``, adapter from distillation when enabled."""
     config = params.model.model_copy(update={"variant": variant})
-    model = build_fsdino(config)
+    model = build_fsdino(config, seed=params.train.loop.seed)  # the same initial weights in every run
     if params.train.init_adapter_from_distillation:
         load_adapter(params.distill.stage_dir(len(params.distill.image_sizes)) / "adapter.pt", model.adapter)
     return model, config

@@ -5,6 +5,8 @@ Weights are loaded here (through :mod:`fsdino.checkpoints`), never inside a modu
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import timm
@@ -40,8 +42,7 @@ def build_encoder(config: EncoderConfig, image_size: int = 518, blocks: int | No
         blocks: ``3`` to build an encoder that computes only the first three blocks (distillation).
     """
     kwargs = {"pretrained": config.weights == "hub", "num_classes": 0, "dynamic_img_size": True, "img_size": image_size}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_ENCODER_SEED)
+    with seeded(RANDOM_ENCODER_SEED):
         vit = timm.create_model(config.name, **kwargs)
     if config.weights not in ("hub", "random"):
         load_dinov2_backbone(vit, config.weights, config.sha256)
@@ -53,20 +54,35 @@ def build_encoder(config: EncoderConfig, image_size: int = 518, blocks: int | No
     return DinoV2Encoder(vit, mean=tuple(data_config["mean"]), std=tuple(data_config["std"]), blocks=blocks)
 
 
-def build_fsdino(config: ModelConfig, *, load_sam: bool = True) -> FSDINO:
-    """Build FS-DINO from its config; the decoder side is initialised from SAM when a checkpoint is set."""
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Draw the random initialisation inside the block from ``seed``, leaving the caller's RNG state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_fsdino(config: ModelConfig, *, load_sam: bool = True, seed: int | None = None) -> FSDINO:
+    """Build FS-DINO from its config; the decoder side is initialised from SAM when a checkpoint is set.
+
+    ``seed`` fixes the random initialisation of the trainable modules (the pipeline passes the training
+    seed, so that a run is reproducible); ``None`` draws it from the global RNG.
+    """
     encoder = build_encoder(config.encoder, config.image_size)
-    correlation = None
-    if config.variant == "full":
-        widths = config.correlation
-        correlation = Correlation4D(grid_size=config.grid_size, hidden_dim=widths.hidden_dim, up_dims=widths.up_dims)
-    model = FSDINO(
-        encoder=encoder,
-        adapter=BottleneckAdapter(in_dim=encoder.embed_dim),
-        decoder=PromptedMaskDecoder(),
-        variant=config.variant,
-        correlation=correlation,
-    )
+    with seeded(seed) if seed is not None else contextlib.nullcontext():
+        correlation = None
+        if config.variant == "full":
+            widths = config.correlation
+            correlation = Correlation4D(
+                grid_size=config.grid_size, hidden_dim=widths.hidden_dim, up_dims=widths.up_dims
+            )
+        model = FSDINO(
+            encoder=encoder,
+            adapter=BottleneckAdapter(in_dim=encoder.embed_dim),
+            decoder=PromptedMaskDecoder(),
+            variant=config.variant,
+            correlation=correlation,
+        )
     if load_sam and config.sam_checkpoint is not None:
         load_sam_decoder(model, config.sam_checkpoint, config.sam_checkpoint_sha256)
     return model
@@ -86,8 +102,7 @@ def load_fsdino(path: Path | str, *, sha256: str | None = None) -> tuple[FSDINO,
 
 def build_teacher(config: TeacherConfig) -> SamTeacher:
     """SAM's image encoder for distillation, from the official checkpoint when one is given."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_ENCODER_SEED)
+    with seeded(RANDOM_ENCODER_SEED):
         encoder = build_sam_image_encoder(config.arch, config.image_size)
     if config.checkpoint is not None:
         load_sam_image_encoder(encoder, config.checkpoint, config.sha256)

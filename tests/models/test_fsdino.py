@@ -1,8 +1,10 @@
 import pytest
 import torch
 
+from fsdino.checkpoints import segmenter_state
 from fsdino.losses import fsdino_loss
-from tests.conftest import TINY_SIZE
+from fsdino.models.build import build_fsdino
+from tests.conftest import TINY_SIZE, tiny_config
 
 VARIANTS = ("ba_pcs", "ba_svp_pcs", "full")
 
@@ -82,3 +84,19 @@ def test_rejects_an_unknown_variant(tiny_models):
     model = tiny_models["full"]
     with pytest.raises(ValueError, match="variant must be one of"):
         type(model)(encoder=model.encoder, adapter=model.adapter, decoder=model.decoder, variant="huge")
+
+
+def test_a_seeded_build_draws_the_same_initial_weights_and_leaves_the_global_rng_alone():
+    config = tiny_config("full")
+    torch.manual_seed(123)
+    first = build_fsdino(config, seed=7)
+    after_first = torch.rand(1)
+    torch.manual_seed(999)  # another global state: a seeded build must not depend on it
+    second = build_fsdino(config, seed=7)
+    third = build_fsdino(config, seed=8)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after_first)  # the build consumed nothing from the caller's RNG
+    states = [segmenter_state(model) for model in (first, second, third)]
+    for name, tensor in states[0].items():
+        assert torch.equal(tensor, states[1][name]), name
+    assert any(not torch.equal(tensor, states[2][name]) for name, tensor in states[0].items())

@@ -6,7 +6,9 @@ The steps are the pipeline's own (benchmark → features → train → evaluate,
 the demo profile's values; the one change is that the adapter starts from its random initialisation
 instead of the distilled one, which saves the distillation stages here (the demo distils from a random
 tiny SAM, so the distilled adapter carries no knowledge the test would miss). ``MARGIN`` is below the
-smallest lead measured here, leaving room for other CPUs' rounding.
+smallest lead measured here, leaving room for other CPUs' rounding. The initial weights are seeded
+(``train.loop.seed``), so a run is reproducible on one machine; with 8 epochs the same seed gave fold 0
+5-shot a lead of only 0.005 (other seeds: 0.048, 0.072), hence the demo's 10.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from components.profile import PROFILES, render
 
 pytestmark = pytest.mark.slow
 
-#: Required lead of the trained model over the baseline, in mIoU (fraction). Measured on 2026-11-25
-#: (2-core AMD EPYC): leads 0.055-0.100, the smallest on fold 0 1-shot (0.222 vs 0.167).
-MARGIN = 0.03
+#: Required lead of the trained model over the baseline, in mIoU (fraction). Measured on 2026-12-01
+#: (2-core AMD EPYC), with the seeded initial weights (train.loop.seed 0) and 10 epochs: leads 0.075-0.095,
+#: the smallest on fold 0 5-shot (0.271 vs 0.196) and fold 3 5-shot (0.245 vs 0.171).
+MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
