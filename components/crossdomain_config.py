@@ -56,7 +56,8 @@ class _TargetParams(_Section):
     def _one_source(self) -> _TargetParams:
         synthetic = getattr(self, "synthetic", None)
         if (self.root is None) == (synthetic is None):
-            raise ValueError("give either root (the official dataset) or synthetic (a generated one), not both")
+            got = "neither" if self.root is None else "both"
+            raise ValueError(f"give exactly one of root (the official dataset) or synthetic (generated), got {got}")
         return self
 
     def raw_root(self, out: Path) -> Path:

@@ -101,7 +101,10 @@ def test_main_exits_2_with_one_line(workspace: Params, tmp_path: Path, capsys: p
 def test_config_rules() -> None:
     values = yaml.safe_load(render("demo", PROFILE_DIR))
     values["crossdomain"]["fss"]["root"] = "data/fss"  # and synthetic too
-    with pytest.raises(InputError, match=r"crossdomain\.fss.*either root"):
+    with pytest.raises(InputError, match=r"crossdomain\.fss.*exactly one of root .* got both"):
+        validate(Params, values, "params.yaml")
+    values["crossdomain"]["fss"].update(root=None, synthetic=None)
+    with pytest.raises(InputError, match="got neither"):
         validate(Params, values, "params.yaml")
     values = yaml.safe_load(render("demo", PROFILE_DIR))
     values["crossdomain"]["fold"] = 3
