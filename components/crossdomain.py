@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +28,17 @@ from components.benchmark_data import FoldData
 from components.cli import params_main
 from components.config import Params
 from components.crossdomain_config import SHOT
-from components.evaluate import overlay_indices, per_class_table, tune_baseline, write_overlays
-from fsdino.data.benchmark import Split, evaluation_episodes, open_split, read_manifest
+from components.evaluate import overlay_indices, per_class_table, tuned_baseline, write_overlays
+from fsdino.data.benchmark import Split, evaluation_episodes, open_split
 from fsdino.data.dataset import EpisodeDataset, make_loader
 from fsdino.data.transforms import EvalTransform
 from fsdino.errors import InputError
 from fsdino.evaluation.davis import DavisMeter
-from fsdino.evaluation.engine import EpisodeOutput, kept_prediction, predict
+from fsdino.evaluation.engine import EpisodeOutput, Prediction, kept_prediction, predict
 from fsdino.evaluation.metrics import SegmentationMeter
 from fsdino.io.atomic import atomic_path, write_json_atomic
-from fsdino.models.baseline import PrototypeBaseline
 from fsdino.models.build import load_fsdino
-from fsdino.training.runtime import runtime
+from fsdino.training.runtime import Runtime, runtime
 
 #: The split each target is scored on.
 SPLITS = {"fss": "test", "davis": "val"}
@@ -97,6 +96,25 @@ class DavisScores:
 SCORES = {"fss": FssScores, "davis": DavisScores}
 
 
+def score_pass(
+    model: Callable,
+    dataset: EpisodeDataset,
+    scores: FssScores | DavisScores,
+    params: Params,
+    rt: Runtime,
+    keep: set[int] | None = None,
+) -> list[Prediction]:
+    """Predict every episode of ``dataset``, scoring each as it comes (no mask is kept); returns those in ``keep``."""
+    settings = params.crossdomain
+    loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
+    kept = []
+    for item in predict(model, loader, rt, resolution=params.evaluate.resolution, progress=keep is not None):
+        scores.update(item, dataset.episodes[item.index].query_id)
+        if keep and item.index in keep:
+            kept.append(kept_prediction(item))
+    return kept
+
+
 def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     name, settings = args.target, params.crossdomain
     if name not in settings.targets:
@@ -107,31 +125,22 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
             f"{checkpoint}: no trained model (run the train step for {settings.variant}, fold {settings.fold}, 1-shot)"
         )
     stage_dir = settings.stage_dir(name)
-    manifest = read_manifest(stage_dir)
-    if manifest["dataset"] != name:
-        raise InputError(f"{stage_dir}/manifest.json: dataset is {manifest['dataset']!r}, expected {name!r}")
     split = open_split(stage_dir, SPLITS[name])
+    if split.dataset != name:
+        raise InputError(f"{stage_dir}/manifest.json: dataset is {split.dataset!r}, expected {name!r}")
     model, config, _ = load_fsdino(checkpoint)
     episodes = evaluation_episodes(split, SHOT, seed=params.evaluate.seed)
     dataset = EpisodeDataset(split.source, episodes, EvalTransform(config.image_size), training=False)
     keep = overlay_indices(len(episodes), settings.overlays)
+    scores, baseline_summary = SCORES[name](split), None
     with runtime(params.train.loop.device, params.train.loop.amp) as rt:
         model.to(rt.device).eval()
-        loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
-        scores, kept = SCORES[name](split), []
-        for item in predict(model, loader, rt, resolution=params.evaluate.resolution, progress=True):
-            scores.update(item, episodes[item.index].query_id)  # scored as they come: no mask is kept
-            if item.index in keep:
-                kept.append(kept_prediction(item))
-        baseline_summary = None
+        kept = score_pass(model, dataset, scores, params, rt, keep)
         if params.evaluate.baseline:
-            baseline = PrototypeBaseline(model.encoder)
             fold_data = FoldData.open(params.benchmark.out, settings.fold)
-            baseline.threshold = tune_baseline(baseline, fold_data, SHOT, config.image_size, rt)
-            loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
+            baseline = tuned_baseline(model, fold_data, SHOT, config.image_size, rt)
             base_scores = SCORES[name](split)
-            for item in predict(baseline, loader, rt, resolution=params.evaluate.resolution):
-                base_scores.update(item, episodes[item.index].query_id)
+            score_pass(baseline, dataset, base_scores, params, rt)
             baseline_summary = {**base_scores.result()[0], "threshold": baseline.threshold}
     summary, table = scores.result()
     out_dir = settings.run_dir(name)

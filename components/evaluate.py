@@ -32,6 +32,7 @@ from fsdino.evaluation.metrics import SegmentationMeter
 from fsdino.io.atomic import atomic_path, write_json_atomic
 from fsdino.models.baseline import PrototypeBaseline, best_threshold
 from fsdino.models.build import load_fsdino
+from fsdino.models.fsdino import FSDINO
 from fsdino.training.runtime import Runtime, runtime
 from fsdino.viz import episode_panel
 
@@ -57,6 +58,13 @@ def tune_baseline(baseline: PrototypeBaseline, data: FoldData, shot: int, image_
         similarities.append(pcs[:, 0].cpu())
         targets.append(batch["query_mask"])
     return best_threshold(torch.cat(similarities), torch.cat(targets), THRESHOLDS)
+
+
+def tuned_baseline(model: FSDINO, data: FoldData, shot: int, image_size: int, rt: Runtime) -> PrototypeBaseline:
+    """The parameter-free baseline on ``model``'s frozen encoder, its threshold tuned on ``data``'s base classes."""
+    baseline = PrototypeBaseline(model.encoder)
+    baseline.threshold = tune_baseline(baseline, data, shot, image_size, rt)
+    return baseline
 
 
 def per_class_table(meter: SegmentationMeter, names: dict[int, str]) -> pd.DataFrame:
@@ -110,8 +118,7 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         )
         baseline_summary = None
         if settings.baseline:
-            baseline = PrototypeBaseline(model.encoder)
-            baseline.threshold = tune_baseline(baseline, data, shot, config.image_size, rt)
+            baseline = tuned_baseline(model, data, shot, config.image_size, rt)
             loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
             base_meter, _ = evaluate(baseline, loader, data.novel_classes, rt, resolution=settings.resolution)
             baseline_summary = {**base_meter.summary(), "threshold": baseline.threshold}

@@ -12,6 +12,7 @@ import html
 import math
 import numbers
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -165,17 +166,22 @@ def training_section(data: ReportData) -> str:
     return f"<h2>Training</h2>{''.join(parts)}"
 
 
+def overlay_figure(path: Path, max_width: int, name: str, alt: str) -> str:
+    """One overlay panel as an inline image, captioned ``<name> · <episode>``."""
+    uri, width, height = png_data_uri(path, max_width)
+    return (
+        f'<figure><img src="{uri}" width="{width}" height="{height}" alt="{esc(alt)}">'
+        f"<figcaption>{esc(name)} · {esc(path.stem)}</figcaption></figure>"
+    )
+
+
 def overlay_row(run: EvalRun, per_run: int, max_width: int) -> str:
     """One variant's first ``per_run`` panels of a fold and shot, side by side."""
     name = tables.variant_label(run.key.variant)
-    images = []
-    for path in run.overlays[:per_run]:
-        uri, width, height = png_data_uri(path, max_width)
-        alt = f"{name}, fold {run.key.fold}, {run.key.shot}-shot: {path.stem}"
-        images.append(
-            f'<figure><img src="{uri}" width="{width}" height="{height}" alt="{esc(alt)}">'
-            f"<figcaption>{esc(name)} · {esc(path.stem)}</figcaption></figure>"
-        )
+    images = [
+        overlay_figure(path, max_width, name, f"{name}, fold {run.key.fold}, {run.key.shot}-shot: {path.stem}")
+        for path in run.overlays[:per_run]
+    ]
     return f'<div class="overlays">{"".join(images)}</div>'
 
 
@@ -200,12 +206,7 @@ def crossdomain_section(data: ReportData, per_run: int, max_width: int) -> str:
     images = []
     for run in data.crossdomain:
         name = tables.CROSSDOMAIN_LABELS.get(run.metrics.dataset, run.metrics.dataset)
-        for path in run.overlays[:per_run]:
-            uri, width, height = png_data_uri(path, max_width)
-            images.append(
-                f'<figure><img src="{uri}" width="{width}" height="{height}" alt="{esc(name)}: {esc(path.stem)}">'
-                f"<figcaption>{esc(name)} · {esc(path.stem)}</figcaption></figure>"
-            )
+        images += [overlay_figure(path, max_width, name, f"{name}: {path.stem}") for path in run.overlays[:per_run]]
     overlays = f'<div class="overlays">{"".join(images)}</div>' if images else ""
     note = (
         '<p class="note">FSS-1000: mIoU over its test classes, every test image a query once. DAVIS-17: '
