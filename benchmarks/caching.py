@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import bench_runtime, dtype_of, episode_inputs, ratio
+from benchmarks.budget import UNLIMITED, Budget
+from benchmarks.common import bench_runtime, dtype_of, episode_inputs, ratio, skipped
 from benchmarks.inference import build_model
 from benchmarks.results import Record, SuiteResult
 from benchmarks.sizes import BenchSize
@@ -77,12 +78,27 @@ def measure_shots(model: FSDINO, shots: int, size: BenchSize, runtime: Runtime, 
     return records
 
 
-def run(size: BenchSize, device: torch.device) -> SuiteResult:
+def _skipped_shots(shots: int, size: BenchSize, runtime: Runtime) -> list[Record]:
+    params = {"model": VARIANT, "shots": shots, "forward_batch": size.caching_batch}
+    return [
+        skipped(Record(f"{VARIANT}/{shots}-shot/{name}", size.caching_queries, size.image_size, dtype_of(runtime),
+                       "queries/s", params=params | {"cache": name == "cached"}))
+        for name in ("cached", "uncached")
+    ]  # fmt: skip
+
+
+def run(size: BenchSize, device: torch.device, budget: Budget = UNLIMITED) -> SuiteResult:
+    """Each K of ``size.shots`` in turn; a K not started when ``budget`` is spent is ``skipped``."""
     runtime = bench_runtime(device)
     meter = PeakMemory(device).start()
-    model = build_model(VARIANT, size).to(device)
+    model: FSDINO | None = None  # built for the first K that runs
     records: list[Record] = []
     for shots in size.shots:
+        if budget.expired():
+            records += _skipped_shots(shots, size, runtime)
+            continue
+        if model is None:
+            model = build_model(VARIANT, size).to(device)
         records += measure_shots(model, shots, size, runtime, meter)
     del model
     release(device)

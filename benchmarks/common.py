@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import torch
 
+from benchmarks.budget import SKIPPED_NOTE, UNLIMITED, Budget
 from benchmarks.results import Record, dtype_label
 from fsdino.training.runtime import Runtime, amp_dtype_for
 
@@ -68,15 +69,26 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def sweep_batches(
-    batch_sizes: Iterable[int], case: Callable[[int], Record], blank: Callable[[int], Record]
-) -> list[Record]:
-    """Run ``case(batch)`` for ascending batch sizes until one fails or throughput saturates.
+def skipped(record: Record) -> Record:
+    """``record`` marked as not started because the budget was spent."""
+    return replace(record, status="skipped", note=SKIPPED_NOTE)
 
-    ``blank(batch)`` is the record to fill in (``status`` and ``note``) when a case fails.
+
+def sweep_batches(
+    batch_sizes: Iterable[int],
+    case: Callable[[int], Record],
+    blank: Callable[[int], Record],
+    budget: Budget = UNLIMITED,
+) -> list[Record]:
+    """Run ``case(batch)`` for ascending batch sizes until one fails, throughput saturates or ``budget`` is spent.
+
+    ``blank(batch)`` is the record to fill in (``status`` and ``note``) when a case fails or is skipped.
     """
     records: list[Record] = []
     for batch in batch_sizes:
+        if budget.expired():
+            records.append(skipped(blank(batch)))
+            break
         record = guarded(
             lambda batch=batch: case(batch),
             lambda status, note, batch=batch: replace(blank(batch), status=status, note=note),

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from benchmarks.common import bench_runtime, dtype_of, ratio
+from benchmarks.budget import UNLIMITED, Budget
+from benchmarks.common import bench_runtime, dtype_of, ratio, skipped
 from benchmarks.results import Record, SuiteResult
 from benchmarks.sizes import BenchSize
 from benchmarks.timing import PeakMemory, Timing, release, synchronize
@@ -103,8 +104,32 @@ def time_stage(
     )  # fmt: skip
 
 
-def run(size: BenchSize, device: torch.device) -> SuiteResult:
+#: The cases, in the order they run (the online one needs the teacher in memory, so it goes first).
+CASES = ("online/3-blocks", "cached/3-blocks", "cached/full-depth")
+
+
+def _skipped(name: str, size: BenchSize, runtime: Runtime) -> Record:
+    return skipped(Record(name, size.distill_batch, size.image_size, dtype_of(runtime), "images/s"))
+
+
+def run(size: BenchSize, device: torch.device, budget: Budget = UNLIMITED) -> SuiteResult:
+    """The online case first, then the cached ones; a case not started when ``budget`` is spent is ``skipped``."""
     runtime = bench_runtime(device)
+    # no time left: skip all, since building the teacher alone takes a while at paper size
+    records = [_skipped(name, size, runtime) for name in CASES] if budget.expired() else _measure(size, runtime, budget)
+    throughput = {record.name: record.throughput for record in records}
+    summary = {
+        "cached_over_online_speedup": ratio(throughput["cached/3-blocks"], throughput["online/3-blocks"]),
+        "truncation_speedup": ratio(throughput["cached/3-blocks"], throughput["cached/full-depth"]),
+    }
+    settings = {"teacher": f"{size.teacher_arch}@{size.teacher_size}", "cache_rows": size.distill_batch}
+    settings["loop"] = "distill_stage"
+    return SuiteResult(records=records, summary=summary, settings=settings)
+
+
+def _measure(size: BenchSize, runtime: Runtime, budget: Budget) -> list[Record]:
+    """Build the teacher and its cache, then time the :data:`CASES` in order while ``budget`` lasts."""
+    device = runtime.device
     batch = size.distill_batch
     length = batch * (max(size.warmup, 1) + size.iterations)
     keys = [f"row{row}" for row in range(batch)]
@@ -127,13 +152,10 @@ def run(size: BenchSize, device: torch.device) -> SuiteResult:
         cached = cached_targets(TeacherCache(cache_path, teacher_id=teacher_id, keys=keys))
         cached_data = RandomImages(length, batch, size.image_size)
         for name, blocks in (("cached/3-blocks", 3), ("cached/full-depth", None)):
+            if budget.expired():
+                records.append(_skipped(name, size, runtime))
+                continue
             meter = PeakMemory(device).start()
             records.append(case(name, meter=meter, blocks=blocks, targets=cached, data=cached_data))
             release(device)
-    throughput = {record.name: record.throughput for record in records}
-    summary = {
-        "cached_over_online_speedup": ratio(throughput["cached/3-blocks"], throughput["online/3-blocks"]),
-        "truncation_speedup": ratio(throughput["cached/3-blocks"], throughput["cached/full-depth"]),
-    }
-    settings = {"teacher": f"{size.teacher_arch}@{size.teacher_size}", "cache_rows": batch, "loop": "distill_stage"}
-    return SuiteResult(records=records, summary=summary, settings=settings)
+    return records

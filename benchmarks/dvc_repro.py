@@ -15,11 +15,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import yaml
 
+from benchmarks.budget import UNLIMITED, Budget
+from benchmarks.common import skipped
 from benchmarks.results import ROOT, Record, SuiteResult
 from benchmarks.sizes import BenchSize
 from benchmarks.timing import Timing
@@ -63,7 +66,9 @@ def timed_repro(workspace: Path, device: torch.device, timeout_s: float) -> tupl
     return time.perf_counter() - start, result
 
 
-def run(size: BenchSize, device: torch.device, timeout_s: float = 3600.0) -> SuiteResult:
+def run(size: BenchSize, device: torch.device, timeout_s: float = 3600.0, budget: Budget = UNLIMITED) -> SuiteResult:
+    """Two ``dvc repro`` in a fresh copy; each may take ``timeout_s`` and no more than what is left of ``budget``
+    (a repro cut short is an ``error`` record; one not started because the budget is spent, ``skipped``)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     profile, image_size = params.get("profile", "unknown"), int(params["model"]["image_size"])
     records = []
@@ -71,16 +76,32 @@ def run(size: BenchSize, device: torch.device, timeout_s: float = 3600.0) -> Sui
         workspace = Path(tmp)
         copy_repository(workspace)
         for name in ("first", "no-op"):
-            wall_s, result = timed_repro(workspace, device, timeout_s)
-            ran = sum(line.startswith("Running stage") for line in result.stdout.splitlines())
-            ok = result.returncode == 0
             record = Record(
                 name=f"dvc-repro/{profile}/{name}", batch_size=1, image_size=image_size, dtype="float32",
-                unit="repros/s", status="ok" if ok else "error", timing=Timing(warmup=0, times_s=(wall_s,)),
-                params={"profile": profile, "stages_run": ran, "wall_s": wall_s},
-                note="" if ok else (result.stderr or result.stdout)[-1000:],
+                unit="repros/s", params={"profile": profile, "stages_run": 0, "wall_s": None},
             )  # fmt: skip
-            records.append(record)
+            if budget.expired():
+                records.append(skipped(record))
+                continue
+            if records and records[-1].status != "ok":
+                records.append(replace(record, status="skipped", note="the first dvc repro did not succeed"))
+                continue
+            left = budget.remaining_s()
+            limit = timeout_s if left is None else min(timeout_s, left)
+            try:
+                wall_s, result = timed_repro(workspace, device, limit)
+            except subprocess.TimeoutExpired:
+                records.append(replace(record, status="error", note=f"dvc repro did not finish in {limit:.0f} s"))
+                continue
+            ran = sum(line.startswith("Running stage") for line in result.stdout.splitlines())
+            ok = result.returncode == 0
+            records.append(
+                replace(
+                    record, status="ok" if ok else "error", timing=Timing(warmup=0, times_s=(wall_s,)),
+                    params=record.params | {"stages_run": ran, "wall_s": wall_s},
+                    note="" if ok else (result.stderr or result.stdout)[-1000:],
+                )
+            )  # fmt: skip
     walls = {record.name.rsplit("/", 1)[1]: record.params["wall_s"] for record in records}
     summary = {"profile": profile, "first_repro_wall_s": walls["first"], "noop_repro_wall_s": walls["no-op"]}
     return SuiteResult(records=records, summary=summary, settings={"profile": profile, "timeout_s": timeout_s})

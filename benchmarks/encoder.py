@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.budget import UNLIMITED, Budget
 from benchmarks.common import bench_runtime, best, dtype_of, sweep_batches
 from benchmarks.flops import bf16_peak_tflops, dinov2_forward_flops
 from benchmarks.results import Record, SuiteResult, device_name
@@ -64,7 +65,10 @@ def measure_batch(
     )  # fmt: skip
 
 
-def run(size: BenchSize, device: torch.device, peak_tflops: float | None = None) -> SuiteResult:
+def run(
+    size: BenchSize, device: torch.device, peak_tflops: float | None = None, budget: Budget = UNLIMITED
+) -> SuiteResult:
+    """Batch sweep up to saturation, out of memory or the end of ``budget``."""
     runtime = bench_runtime(device)
     peak = peak_tflops or (bf16_peak_tflops(device_name(device)) if device.type == "cuda" else None)
     meter = PeakMemory(device).start()
@@ -73,6 +77,7 @@ def run(size: BenchSize, device: torch.device, peak_tflops: float | None = None)
         size.batch_sizes,
         lambda batch: measure_batch(vit, batch, size, runtime, meter, peak),
         lambda batch: Record(f"{size.encoder}/batch-{batch}", batch, size.image_size, dtype_of(runtime), "images/s"),
+        budget,
     )
     analytic = dinov2_forward_flops(size.encoder, size.image_size)
     counted = counted_flops(vit, size.image_size, device)

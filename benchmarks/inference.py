@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from benchmarks.baseline import build_dual_model_baseline
-from benchmarks.common import bench_runtime, best, dtype_of, episode_inputs, ratio, sweep_batches
+from benchmarks.budget import UNLIMITED, Budget
+from benchmarks.common import bench_runtime, best, dtype_of, episode_inputs, ratio, skipped, sweep_batches
 from benchmarks.results import Record, SuiteResult
 from benchmarks.sizes import BenchSize
 from benchmarks.timing import PeakMemory, measure, release
@@ -28,6 +29,8 @@ MODELS: dict[str, str | None] = {"full": "full", "compact": "ba_svp_pcs", "basel
 #: The issue's targets for FS-DINO relative to the baseline.
 TARGET_SPEEDUP = 8.0
 TARGET_MEMORY_FRACTION = 0.25
+#: Shares of the suite's budget: the baseline's encoders cost the most, and without it there is no ratio.
+MODEL_WEIGHTS = {"full": 1.0, "compact": 1.0, "baseline": 2.0}
 
 
 def build_model(name: str, size: BenchSize) -> nn.Module:
@@ -79,19 +82,29 @@ def measure_case(
     )
 
 
+def blank_record(name: str, shots: int, batch: int, size: BenchSize, runtime: Runtime) -> Record:
+    """The record of a case that did not run (its ``status`` and ``note`` are filled in by the caller)."""
+    params = {"model": name, "shots": shots}
+    return Record(
+        f"{name}/{shots}-shot/batch-{batch}", batch, size.image_size, dtype_of(runtime), "queries/s", params=params
+    )
+
+
 def sweep(
-    model: nn.Module, name: str, shots: int, size: BenchSize, runtime: Runtime, meter: PeakMemory
+    model: nn.Module,
+    name: str,
+    shots: int,
+    size: BenchSize,
+    runtime: Runtime,
+    meter: PeakMemory,
+    budget: Budget = UNLIMITED,
 ) -> list[Record]:
-    """Batch sizes in ascending order until out of memory or saturation."""
-
-    def blank(batch: int) -> Record:
-        params = {"model": name, "shots": shots}
-        return Record(
-            f"{name}/{shots}-shot/batch-{batch}", batch, size.image_size, dtype_of(runtime), "queries/s", params=params
-        )
-
+    """Batch sizes in ascending order until out of memory, saturation or the end of ``budget``."""
     return sweep_batches(
-        size.batch_sizes, lambda batch: measure_case(model, name, shots, batch, size, runtime, meter), blank
+        size.batch_sizes,
+        lambda batch: measure_case(model, name, shots, batch, size, runtime, meter),
+        lambda batch: blank_record(name, shots, batch, size, runtime),
+        budget,
     )
 
 
@@ -135,15 +148,26 @@ def _mem(record: Record | None) -> float | None:
     return None if record is None or record.peak_memory_bytes is None else float(record.peak_memory_bytes)
 
 
-def run(size: BenchSize, device: torch.device, models: tuple[str, ...] = tuple(MODELS)) -> SuiteResult:
-    """Sweep every model over ``size.shots`` and ``size.batch_sizes``; one model in memory at a time."""
+def run(
+    size: BenchSize, device: torch.device, models: tuple[str, ...] = tuple(MODELS), budget: Budget = UNLIMITED
+) -> SuiteResult:
+    """Sweep every model over ``size.shots`` and ``size.batch_sizes``; one model in memory at a time.
+
+    Models are measured in ``models`` order, each within its :data:`MODEL_WEIGHTS` share of what is left of
+    ``budget`` (split evenly over the K values); a case not started when its share is spent is ``skipped``.
+    """
     runtime = bench_runtime(device)
     records: list[Record] = []
-    for name in models:
+    for index, name in enumerate(models):
+        share = budget.share(name, models[index + 1 :], MODEL_WEIGHTS)
+        if share.expired():
+            records += [skipped(blank_record(name, k, size.batch_sizes[0], size, runtime)) for k in size.shots]
+            continue
         meter = PeakMemory(device).start()
         model = build_model(name, size).to(device)
-        for shots in size.shots:
-            records += sweep(model, name, shots, size, runtime, meter)
+        for position, shots in enumerate(size.shots):
+            later = [f"{k}-shot" for k in size.shots[position + 1 :]]
+            records += sweep(model, name, shots, size, runtime, meter, share.share(f"{shots}-shot", later, {}))
         del model
         release(device)
     settings = {"models": {name: MODELS[name] or "dual-model baseline" for name in models}}

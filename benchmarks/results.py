@@ -12,7 +12,6 @@ A record's ``throughput`` is ``batch_size / median_s`` in ``unit`` (``None`` whe
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import re
@@ -24,6 +23,7 @@ from typing import Any, Literal
 import torch
 
 from benchmarks.timing import Timing
+from fsdino.io.atomic import write_json_atomic
 
 SCHEMA = "fsdino-benchmarks/1"
 Status = Literal["ok", "oom", "unsupported", "error", "skipped"]
@@ -125,7 +125,8 @@ def environment(device: torch.device, amp_dtype: torch.dtype | None) -> dict[str
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # others' work skews CPU timings
-        "git_commit": _git("rev-parse", "HEAD"),
+        # a copy of the tree without .git (a lent GPU machine's) is told its commit by BENCH_GIT_COMMIT
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("BENCH_GIT_COMMIT"),
         "git_dirty": None if dirty is None else bool(dirty),
     }
 
@@ -190,11 +191,10 @@ def output_stem(out_dir: Path, device: torch.device, suite: str, day: dt.date | 
 
 
 def write_document(doc: dict[str, Any], stem: Path) -> Path:
-    """Validate ``doc`` and write it to ``<stem>.json``."""
+    """Validate ``doc`` and write it to ``<stem>.json`` (through a temporary file: never half-written)."""
     validate_document(doc)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     path = stem.with_suffix(".json")
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_json_atomic(path, doc)
     return path
 
 

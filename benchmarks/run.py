@@ -2,7 +2,8 @@
 
 Runs the chosen suites on the device it finds and writes, per suite, ``<out>/<device>-<date>-<suite>.json``
 (schema in :mod:`benchmarks.results`) and the same stem with ``.md`` (a markdown table), then prints the
-markdown. ``--size auto`` is ``paper`` on a GPU and ``cpu`` otherwise.
+markdown. ``--size auto`` is ``paper`` on a GPU and ``cpu`` otherwise. ``--budget-s T`` ends the run on its
+own within about ``T`` seconds (:mod:`benchmarks.budget`); each suite's files are written as it finishes.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from pathlib import Path
 import torch
 
 from benchmarks import caching, distill, dvc_repro, encoder, inference, train_step
+from benchmarks.budget import Budget
 from benchmarks.common import bench_runtime, resolve_device
 from benchmarks.report import markdown
 from benchmarks.results import SuiteResult, document, environment, output_stem, write_document
-from benchmarks.sizes import SIZES, BenchSize
+from benchmarks.sizes import SIZES
+from fsdino.io.atomic import write_text_atomic
 
-SuiteFn = Callable[[BenchSize, torch.device], SuiteResult]
+SuiteFn = Callable[..., SuiteResult]  # (size, device, *, budget) -> SuiteResult
 DEFAULT_SUITES = ("inference", "caching", "distill", "train", "encoder")
 ALL_SUITES = (*DEFAULT_SUITES, "dvc")
 
@@ -40,7 +43,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's bf16 peak, if not in the table")
     parser.add_argument("--dvc-timeout", type=float, default=3600.0, help="seconds allowed for one `dvc repro`")
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="end within about this many seconds, skipping unstarted cases"
+    )
     args = parser.parse_args(argv)
+    if args.budget_s is not None and args.budget_s <= 0:
+        parser.error(f"--budget-s must be > 0 seconds, got {args.budget_s:g}")
     args.suites = [name.strip() for name in args.suite.split(",") if name.strip()]
     unknown = sorted(set(args.suites) - set(ALL_SUITES))
     if unknown or not args.suites:
@@ -70,11 +78,15 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if args.threads:
         torch.set_num_threads(args.threads)
     written: list[Path] = []
+    budget = Budget(args.budget_s)
     try:
         runners = suites(args)
-        for name in args.suites:
-            result = runners[name](size, device)
+        for index, name in enumerate(args.suites):
+            share = budget.share(name, args.suites[index + 1 :])
+            result = runners[name](size, device, budget=share)
             settings = {"size": size.to_dict(), **result.settings}
+            if args.budget_s is not None:
+                settings["budget"] = share.to_dict()
             doc = document(
                 suite=name,
                 size=size.name,
@@ -86,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             stem = output_stem(args.out, device, name)
             written.append(write_document(doc, stem))
             text = markdown(doc)
-            stem.with_suffix(".md").write_text(text)
+            write_text_atomic(stem.with_suffix(".md"), text)
             print(text, flush=True)
     finally:
         torch.set_num_threads(threads)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.budget import SKIPPED_NOTE, UNLIMITED, Budget
 from benchmarks.common import bench_runtime, best, dtype_of, episode_inputs, ratio
 from benchmarks.inference import build_model
 from benchmarks.results import Record, SuiteResult
@@ -121,10 +122,15 @@ def _failed(name: str, size: BenchSize, runtime: Runtime, status: str, note: str
     )  # fmt: skip
 
 
-def run(size: BenchSize, device: torch.device) -> SuiteResult:
+def run(size: BenchSize, device: torch.device, budget: Budget = UNLIMITED) -> SuiteResult:
+    """Every variant of :data:`OPTIONS` in turn (the compiled ones last); a variant not started when ``budget``
+    is spent is ``skipped``."""
     runtime = bench_runtime(device)
     records: list[Record] = []
     for name, options in OPTIONS.items():
+        if budget.expired():
+            records.append(_failed(name, size, runtime, "skipped", SKIPPED_NOTE))
+            continue
         if options.compile and not size.try_compile:
             records.append(_failed(name, size, runtime, "skipped", f"torch.compile is off at size {size.name!r}"))
             continue
