@@ -43,6 +43,11 @@ class Budget:
         remaining = self.remaining_s()
         return remaining is not None and remaining <= 0.0
 
+    def allows(self, seconds: float) -> bool:
+        """Whether a case expected to take ``seconds`` fits in what is left (always, without a deadline)."""
+        remaining = self.remaining_s()
+        return remaining is None or remaining >= seconds
+
     def share(self, part: str, later: Sequence[str], weights: Mapping[str, float] = WEIGHTS) -> Budget:
         """The budget of ``part`` (a suite, or a model within one) when the ``later`` parts still follow it:
         its weight's part of what is left (a name missing from ``weights`` weighs 1)."""

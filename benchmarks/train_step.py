@@ -34,6 +34,9 @@ from fsdino.training.runtime import Runtime
 
 VARIANT = "full"
 SHOTS = 1
+#: Seconds a ``torch.compile`` variant is expected to need at least (compiling forward and backward of the
+#: full model takes a minute or more); one is not started with less left of the budget.
+COMPILE_RESERVE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -124,11 +127,11 @@ def _failed(name: str, size: BenchSize, runtime: Runtime, status: str, note: str
 
 def run(size: BenchSize, device: torch.device, budget: Budget = UNLIMITED) -> SuiteResult:
     """Every variant of :data:`OPTIONS` in turn (the compiled ones last); a variant not started when ``budget``
-    is spent is ``skipped``."""
+    is spent (a compiled one: when less than :data:`COMPILE_RESERVE_S` is left) is ``skipped``."""
     runtime = bench_runtime(device)
     records: list[Record] = []
     for name, options in OPTIONS.items():
-        if budget.expired():
+        if budget.expired() or (options.compile and size.try_compile and not budget.allows(COMPILE_RESERVE_S)):
             records.append(_failed(name, size, runtime, "skipped", SKIPPED_NOTE))
             continue
         if options.compile and not size.try_compile:

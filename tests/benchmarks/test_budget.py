@@ -5,6 +5,7 @@ A fake clock stands in for time, so that the tests say exactly when a share runs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -85,6 +86,24 @@ def test_a_sweep_stops_before_a_batch_once_the_budget_is_spent():
     assert started == [1, 2]  # the second case started at 6 s < 10 s and was let finish
     assert [record.status for record in records] == ["ok", "ok", "skipped"]
     assert records[-1].name == "b4" and records[-1].note == SKIPPED_NOTE
+
+
+def test_a_compiled_training_step_is_not_started_without_time_to_compile(monkeypatch):
+    clock = FakeClock()
+    measured = []
+
+    def fake_variant(name, options, size, runtime):
+        measured.append(name)
+        return Record(name, 2, 42, "float32", "episodes/s", timing=Timing(warmup=0, times_s=(0.1,)))
+
+    monkeypatch.setattr(train_step, "measure_variant", fake_variant)
+    compiling = dataclasses.replace(TINY, try_compile=True)
+    result = train_step.run(compiling, CPU, budget=Budget(train_step.COMPILE_RESERVE_S - 1, clock))
+    assert measured == ["eager", "channels-last", "fused-adamw"]
+    assert [r.status for r in result.records] == ["ok", "ok", "ok", "skipped", "skipped"]
+    measured.clear()
+    train_step.run(compiling, CPU, budget=Budget(train_step.COMPILE_RESERVE_S + 1, clock))
+    assert measured == list(train_step.OPTIONS)
 
 
 def test_inference_keeps_a_share_for_the_baseline_when_fs_dino_uses_its_own(monkeypatch):
