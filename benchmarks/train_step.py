@@ -2,22 +2,23 @@
 
 A step is the body of :func:`fsdino.training.episodic.train_episodic`'s loop on device-resident random
 episodes: forward under the runtime's autocast, :func:`fsdino.losses.fsdino_loss`, ``zero_grad``,
-backward, AdamW step (data loading is left out: it is the same for every variant). Variants:
+backward, AdamW step (data loading is left out: it is the same for every variant). The speed-ups are the
+loop's own options (``loop.channels_last``, ``loop.fused_adamw``, ``loop.compile``), applied by the same
+functions the loop calls (:mod:`fsdino.training.speedups`), so what is measured is what a config turns on:
 
-* ``eager``: what ``train_episodic`` does today (``torch.optim.AdamW`` with its default implementation);
-* ``channels-last``: model and query images in ``torch.channels_last``;
+* ``eager``: the loop's defaults (all off; ``torch.optim.AdamW`` with its default implementation);
+* ``channels-last``: model weights and query images in ``torch.channels_last``;
 * ``fused-adamw``: ``AdamW(fused=True)``;
 * ``compile``: ``torch.compile`` of the whole model (compilation happens in the warm-up steps; the
   first step's time is recorded as ``first_step_s``);
 * ``all``: the three together.
 
-A variant this torch build or device cannot run is recorded as ``unsupported`` with the reason.
+A variant this torch build or device cannot run is recorded as ``error`` with the message.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from benchmarks.results import Record, SuiteResult
 from benchmarks.sizes import BenchSize
 from benchmarks.timing import PeakMemory, measure, release, synchronize
 from fsdino.losses import IGNORE_INDEX, fsdino_loss
+from fsdino.training import speedups
 from fsdino.training.config import LoopConfig
 from fsdino.training.runtime import Runtime
 
@@ -39,21 +41,13 @@ SHOTS = 1
 COMPILE_RESERVE_S = 120.0
 
 
-@dataclass(frozen=True)
-class StepOptions:
-    """Which speed-ups a training step uses."""
-
-    compile: bool = False
-    channels_last: bool = False
-    fused_adamw: bool = False
-
-
-OPTIONS: dict[str, StepOptions] = {
-    "eager": StepOptions(),
-    "channels-last": StepOptions(channels_last=True),
-    "fused-adamw": StepOptions(fused_adamw=True),
-    "compile": StepOptions(compile=True),
-    "all": StepOptions(compile=True, channels_last=True, fused_adamw=True),
+#: Variant → the loop options it turns on (``fsdino.training.config.LoopConfig`` fields).
+OPTIONS: dict[str, dict[str, bool]] = {
+    "eager": {},
+    "channels-last": {"channels_last": True},
+    "fused-adamw": {"fused_adamw": True},
+    "compile": {"compile": True},
+    "all": {"compile": True, "channels_last": True, "fused_adamw": True},
 }
 
 
@@ -65,32 +59,18 @@ def query_targets(batch: int, image_size: int, device: torch.device) -> torch.Te
     return target.to(device)
 
 
-class UnsupportedError(Exception):
-    """A speed-up this device or torch build cannot use."""
-
-
-def _optimizer(parameters: list[torch.nn.Parameter], fused: bool) -> torch.optim.Optimizer:
-    defaults = LoopConfig()
-    if not fused:
-        return torch.optim.AdamW(parameters, lr=defaults.lr, weight_decay=defaults.weight_decay)
-    try:
-        return torch.optim.AdamW(parameters, lr=defaults.lr, weight_decay=defaults.weight_decay, fused=True)
-    except (RuntimeError, ValueError) as error:
-        raise UnsupportedError(f"fused AdamW: {str(error).splitlines()[0]}") from error
-
-
-def measure_variant(name: str, options: StepOptions, size: BenchSize, runtime: Runtime) -> Record:
-    """Build a fresh model and optimizer, then time training steps with ``options``."""
+def measure_variant(name: str, options: dict[str, bool], size: BenchSize, runtime: Runtime) -> Record:
+    """Build a fresh model and optimizer, then time training steps with the loop ``options``."""
     device = runtime.device
+    config = LoopConfig(**options)
     meter = PeakMemory(device).start()
     model = build_model(VARIANT, size).to(device).train()
     query, support, masks = episode_inputs(size.train_batch, SHOTS, size.image_size, device)
     target = query_targets(size.train_batch, size.image_size, device)
-    if options.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        query = query.contiguous(memory_format=torch.channels_last)
-    optimizer = _optimizer(model.trainable_parameters(), options.fused_adamw)
-    forward = torch.compile(model) if options.compile else model
+    speedups.to_channels_last(model, config)
+    query = speedups.input_format(query, config)
+    optimizer = speedups.adamw(model.trainable_parameters(), config)
+    forward = speedups.compiled(model, config)
 
     def step() -> None:
         with runtime.autocast():
@@ -106,10 +86,10 @@ def measure_variant(name: str, options: StepOptions, size: BenchSize, runtime: R
     step()
     synchronize(device)
     first_step_s = time.perf_counter() - start
-    warmup = max(size.warmup - 1, 1 if options.compile else 0)  # compile may specialise again on step 2
+    warmup = max(size.warmup - 1, 1 if config.compile else 0)  # compile may specialise again on step 2
     timing = measure(step, device, warmup=warmup, iterations=size.iterations)
     params: dict[str, Any] = {"model": VARIANT, "shots": SHOTS, "first_step_s": first_step_s}
-    params |= {"compile": options.compile, "channels_last": options.channels_last, "fused_adamw": options.fused_adamw}
+    params |= {key: getattr(config, key) for key in ("compile", "channels_last", "fused_adamw")}
     record = Record(
         name=name, batch_size=size.train_batch, image_size=size.image_size, dtype=dtype_of(runtime),
         unit="episodes/s", timing=timing, peak_memory_bytes=meter.peak_bytes(), memory_kind=meter.kind,
@@ -131,16 +111,15 @@ def run(size: BenchSize, device: torch.device, budget: Budget = UNLIMITED) -> Su
     runtime = bench_runtime(device)
     records: list[Record] = []
     for name, options in OPTIONS.items():
-        if budget.expired() or (options.compile and size.try_compile and not budget.allows(COMPILE_RESERVE_S)):
+        compiles = options.get("compile", False)
+        if budget.expired() or (compiles and size.try_compile and not budget.allows(COMPILE_RESERVE_S)):
             records.append(_failed(name, size, runtime, "skipped", SKIPPED_NOTE))
             continue
-        if options.compile and not size.try_compile:
+        if compiles and not size.try_compile:
             records.append(_failed(name, size, runtime, "skipped", f"torch.compile is off at size {size.name!r}"))
             continue
         try:
             records.append(measure_variant(name, options, size, runtime))
-        except UnsupportedError as error:
-            records.append(_failed(name, size, runtime, "unsupported", str(error)))
         except torch.OutOfMemoryError as error:
             records.append(_failed(name, size, runtime, "oom", str(error).splitlines()[0]))
         except Exception as error:  # a compiler failure must not lose the other variants

@@ -29,6 +29,9 @@ class LoopConfig(BaseModel):
     )
     warmup_steps: int = Field(default=0, ge=0, description="linear warm-up from lr/100 over this many steps")
     grad_clip: float | None = Field(default=None, gt=0, description="max global gradient norm (None: no clipping)")
+    compile: bool = Field(default=False, description="torch.compile the trained module (fsdino.training.speedups)")
+    channels_last: bool = Field(default=False, description="channels-last weights and image inputs")
+    fused_adamw: bool = Field(default=False, description="AdamW(fused=True) instead of torch's default")
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         """Learning rate of 0-based optimiser step ``step`` (see :func:`~fsdino.training.runtime.learning_rate`)."""

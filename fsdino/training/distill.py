@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from fsdino.models.adapter import BottleneckAdapter
 from fsdino.models.encoder import DinoV2Encoder
 from fsdino.models.teacher import SamTeacher, to_student_grid
+from fsdino.training import speedups
 from fsdino.training.checkpointing import RunPosition, load_training_state, save_training_state
 from fsdino.training.config import LoopConfig
 from fsdino.training.runtime import Runtime, chunk, epoch_order, epoch_progress, optimizer_step
@@ -102,10 +103,12 @@ def distill_stage(
     device = runtime.device
     student.to(device)
     adapter.to(device)
+    speedups.to_channels_last(adapter, config)  # before DDP; the speed-ups are off by default
     trained: nn.Module = adapter
     if runtime.distributed:
         trained = DistributedDataParallel(adapter, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    trained = speedups.compiled(trained, config)
+    optimizer = speedups.adamw(adapter.parameters(), config)
     scaler = torch.amp.GradScaler(device.type) if runtime.amp_dtype == torch.float16 else None
     position = RunPosition()
     if checkpoint.is_file():
@@ -125,7 +128,7 @@ def distill_stage(
         progress = epoch_progress(loader, len(batches), position.step, description, runtime)
         for batch in progress:
             with runtime.autocast():
-                prediction = trained(student(batch["image"].to(device)).layer3)
+                prediction = trained(speedups.input_format(student(batch["image"].to(device)).layer3, config))
             target = targets(batch, prediction.shape[-1]).to(device)
             loss = F.mse_loss(prediction.float(), target)
             optimizer_step(

@@ -22,6 +22,7 @@ from fsdino.config import ModelConfig
 from fsdino.evaluation.engine import support_foreground
 from fsdino.losses import fsdino_loss
 from fsdino.models.fsdino import FSDINO
+from fsdino.training import speedups
 from fsdino.training.checkpointing import RunPosition, load_training_state, save_training_state
 from fsdino.training.config import LoopConfig
 from fsdino.training.runtime import Runtime, chunk, epoch_order, epoch_progress, optimizer_step
@@ -68,11 +69,12 @@ def train_episodic(
     work_dir.mkdir(parents=True, exist_ok=True)
     state_path = work_dir / "state.pt"
     model.to(device)
+    speedups.to_channels_last(model, config)  # before DDP; the speed-ups are off by default
     trained: torch.nn.Module = model
     if runtime.distributed:
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    parameters = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    trained = speedups.compiled(trained, config)
+    optimizer = speedups.adamw(model.trainable_parameters(), config)
     scaler = torch.amp.GradScaler(device.type) if runtime.amp_dtype == torch.float16 else None
     position = RunPosition()
     if state_path.is_file():
@@ -98,7 +100,7 @@ def train_episodic(
         for batch in progress:
             with runtime.autocast():
                 output = trained(
-                    batch["query_image"].to(device, non_blocking=True),
+                    speedups.input_format(batch["query_image"].to(device, non_blocking=True), config),
                     batch["support_images"].to(device, non_blocking=True),
                     support_foreground(batch["support_masks"]).to(device, non_blocking=True),
                 )

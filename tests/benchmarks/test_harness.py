@@ -152,10 +152,11 @@ def test_distill_suite_times_the_real_loop_with_cached_and_online_targets(one_th
 
 def test_train_suite_records_every_variant_and_skips_compile_when_asked(one_thread):
     result = train_step.run(TINY, CPU)
+    fused = next(record for record in result.records if record.name == "fused-adamw")
+    assert fused.params["fused_adamw"] is True and fused.params["compile"] is False
     status = {record.name: record.status for record in result.records}
     assert list(status) == list(train_step.OPTIONS)
-    assert status["eager"] == status["channels-last"] == "ok"
-    assert status["fused-adamw"] in ("ok", "unsupported")
+    assert status["eager"] == status["channels-last"] == status["fused-adamw"] == "ok"  # torch fuses on the CPU
     assert status["compile"] == status["all"] == "skipped"
     assert result.summary["fastest"] in status
 
