@@ -172,9 +172,15 @@ def segmenter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def atomic_torch_save(obj: Any, path: Path | str) -> None:
-    """Write with ``torch.save`` to a temporary file beside ``path``, then rename it into place."""
-    with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
+    """Write with ``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    ``torch.save`` is given an open file, not the temporary's path: given a path, it names the archive's
+    top folder after the file, so the random temporary name would make every save's bytes differ (and DVC
+    would see a changed output each time a stage reran, with equal tensors). The same object now gives the
+    same bytes.
+    """
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
+        torch.save(obj, handle)
 
 
 def save_checkpoint(

@@ -81,6 +81,16 @@ def test_fsdino_checkpoint_round_trip(tmp_path, tiny_models):
     assert not any(key.startswith("encoder.") for key in state)
 
 
+def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path, tiny_models):
+    # DVC hashes outputs by content: equal weights must give an equal file, whatever the temporary name was
+    paths = [tmp_path / "a" / "model.pt", tmp_path / "b" / "other-name.pt"]
+    for path in paths:
+        save_checkpoint(path, tiny_models["full"], tiny_config("full"), {"fold": 1})
+    digests = {hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}
+    assert len(digests) == 1
+    assert not [p.name for p in tmp_path.rglob("*") if p.is_file() and p not in paths]  # no temporary left
+
+
 def test_checkpoint_of_another_variant_names_the_file_and_keys(tmp_path, tiny_models):
     path = tmp_path / "compact.pt"
     save_checkpoint(path, tiny_models["ba_svp_pcs"], tiny_config("full"))  # config says full
