@@ -107,10 +107,11 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         "best_epoch": int(best["epoch"]), "best_val_miou": float(best["val_miou"]),
         "final_train_loss": float(history["train_loss"].iloc[-1]),
     }  # fmt: skip
-    if memo is not None:
-        summary["feature_memo"] = {"hits": memo.hits, "misses": memo.misses}
     write_json_atomic(out_dir / "metrics.json", summary)
-    return {**summary, "out_dir": str(out_dir)}
+    # the memo's counts go to the printed summary only: a run resumed after it finished trains no step and
+    # counts nothing, and the stage's output files must not depend on that
+    memo_counts = {} if memo is None else {"feature_memo": {"hits": memo.hits, "misses": memo.misses}}
+    return {**summary, **memo_counts, "out_dir": str(out_dir)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
