@@ -34,7 +34,7 @@ from fsdino.data.dataset import EpisodeDataset, make_loader
 from fsdino.data.transforms import EvalTransform
 from fsdino.errors import InputError
 from fsdino.evaluation.davis import DavisMeter
-from fsdino.evaluation.engine import EpisodeOutput, Prediction, kept_prediction, predict
+from fsdino.evaluation.engine import EpisodeOutput, Prediction, score
 from fsdino.evaluation.metrics import SegmentationMeter
 from fsdino.io.atomic import atomic_path, write_json_atomic
 from fsdino.models.build import load_fsdino
@@ -107,12 +107,12 @@ def score_pass(
     """Predict every episode of ``dataset``, scoring each as it comes (no mask is kept); returns those in ``keep``."""
     settings = params.crossdomain
     loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
-    kept = []
-    for item in predict(model, loader, rt, resolution=params.evaluate.resolution, progress=keep is not None):
+
+    def update(item: EpisodeOutput) -> None:
         scores.update(item, dataset.episodes[item.index].query_id)
-        if keep and item.index in keep:
-            kept.append(kept_prediction(item))
-    return kept
+
+    resolution = params.evaluate.resolution
+    return score(model, loader, rt, update, resolution=resolution, keep=keep, progress=keep is not None)
 
 
 def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:

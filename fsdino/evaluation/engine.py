@@ -98,6 +98,26 @@ def kept_prediction(item: EpisodeOutput) -> Prediction:
     )  # fmt: skip
 
 
+def score(
+    model: Callable,
+    batches: Iterable[dict],
+    runtime: Runtime,
+    update: Callable[[EpisodeOutput], object],
+    *,
+    resolution: Resolution = "original",
+    keep: set[int] | None = None,
+    progress: bool = False,
+) -> list[Prediction]:
+    """Predict every episode (arguments as :func:`predict`) and hand each to ``update`` as it comes, keeping
+    no mask; returns the predictions of the episodes whose indices are in ``keep`` (for overlays)."""
+    kept: list[Prediction] = []
+    for item in predict(model, batches, runtime, resolution=resolution, progress=progress):
+        update(item)
+        if keep and item.index in keep:
+            kept.append(kept_prediction(item))
+    return kept
+
+
 def evaluate(
     model: Callable,
     batches: Iterable[dict],
@@ -115,9 +135,8 @@ def evaluate(
         keep: episode indices whose predictions are returned for overlays.
     """
     meter = SegmentationMeter(tuple(class_ids))
-    kept: list[Prediction] = []
-    for item in predict(model, batches, runtime, resolution=resolution, progress=progress):
+
+    def update(item: EpisodeOutput) -> None:
         meter.update(item.prediction[None], item.truth[None], [item.class_id])
-        if keep and item.index in keep:
-            kept.append(kept_prediction(item))
-    return meter, kept
+
+    return meter, score(model, batches, runtime, update, resolution=resolution, keep=keep, progress=progress)
