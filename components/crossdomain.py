@@ -117,8 +117,7 @@ def score_pass(
 
 def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     name, settings = args.target, params.crossdomain
-    if name not in settings.targets:
-        raise InputError(f"crossdomain.targets: {name!r} is not a target (targets: {settings.targets})")
+    settings.require(name)
     checkpoint = params.train.run_dir(settings.variant, settings.fold, SHOT) / "best.pt"
     if not checkpoint.is_file():
         raise InputError(

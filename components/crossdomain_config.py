@@ -18,6 +18,7 @@ from components.stage_davis import DavisStageConfig
 from components.stage_fss import FssStageConfig
 from fsdino.config import Variant
 from fsdino.data.synthetic_shapes import NUM_CLASSES
+from fsdino.errors import InputError
 
 Target = Literal["fss", "davis"]
 RAW = "raw"
@@ -105,6 +106,11 @@ class CrossDomainParams(_Section):
 
     def target(self, name: Target) -> FssTargetParams | DavisTargetParams:
         return getattr(self, name)
+
+    def require(self, name: str) -> None:
+        """The one-line error of both cross-domain steps when ``name`` is not one of ``targets``."""
+        if name not in self.targets:
+            raise InputError(f"crossdomain.targets: {name!r} is not a target (targets: {self.targets})")
 
     def stage_dir(self, name: Target) -> Path:
         """The staged dataset of target ``name`` (``dvc.yaml``: ``${crossdomain.data_dir}/${item}``)."""

@@ -19,7 +19,6 @@ from components import stage_davis, stage_fss
 from components.cli import params_main
 from components.config import Params
 from components.crossdomain_config import DavisTargetParams, FssTargetParams
-from fsdino.errors import InputError
 
 
 def _generate(target: FssTargetParams | DavisTargetParams, out: Path) -> None:
@@ -37,8 +36,7 @@ def _generate(target: FssTargetParams | DavisTargetParams, out: Path) -> None:
 
 def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     name = args.target
-    if name not in params.crossdomain.targets:
-        raise InputError(f"crossdomain.targets: {name!r} is not a target (targets: {params.crossdomain.targets})")
+    params.crossdomain.require(name)
     target, out = params.crossdomain.target(name), params.crossdomain.stage_dir(name)
     _generate(target, out)
     config = target.stage_config(out)
