@@ -1,15 +1,21 @@
 """Pipeline step: stage the SA-1B subset used for distillation (1% of the release in the paper).
 
 Picks tars deterministically from ``seed`` and ``fraction`` (see :func:`select_tars`), obtains each from
-the links file (HTTP), an S3 bucket or a local folder with resumable, verified downloads, streams its
-images out with member checks, and writes ``manifest.parquet``. Layout under ``output_dir``::
+the links file (HTTP), an S3 bucket or a local folder with resumable, verified downloads (several tars at
+once), indexes each in place (:func:`fsdino.data.sa1b.index_sa1b_tar`: nothing is extracted, the tars are
+the shards) and writes the manifest. Two places::
 
-    images/sa_000123/sa_226692.jpg   (+ .json with extract_json)
-    staged/sa_000123.json            per-tar record: written last, so a tar listed here is fully staged
-    tars/sa_000123.tar(.part)        downloads; deleted once staged unless keep_tars
-    manifest.parquet                 one row per image, columns fsdino.data.sa1b.MANIFEST_COLUMNS
+    store_dir/ (default outputs/.work/sa1b; never deleted by DVC or the flow)
+        tars/sa_000123.tar(.part)   downloads, resumed from the .part after a crash; kept: they are the shards
+        records/sa_000123.json      per-tar record (path, size, mtime, checksum, index): written last, so a
+                                    tar with a record is complete; a re-run checks size and mtime and reuses it
+        synthetic/                  the demo's generated tars (source "synthetic")
+    output_dir/ (the DVC output, a few MB)
+        manifest.parquet            one row per image: tar, byte range, size (fsdino.data.sa1b.MANIFEST_COLUMNS)
+        tars.json                   tar name → path, size, checksum, image count
 
-A second run finds every selected tar in ``staged/`` and fetches nothing.
+A second run finds every selected tar recorded and fetches nothing; a run killed mid-download resumes
+the unfinished tars from their ``.part`` files and never fetches a recorded one again.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import math
 import os
 import re
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +36,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
-from components.downloads import Checksum, RetryPolicy, download, open_http, open_s3, verify_file
+from components.downloads import Checksum, RetryPolicy, download, file_digest, open_http, open_s3, verify_file
 from components.params import DEFAULT_PARAMS, read_yaml, validate
-from fsdino.data.sa1b import extract_sa1b_tar, write_manifest
+from fsdino.data.sa1b import index_sa1b_tar, write_manifest
 from fsdino.errors import InputError
 from fsdino.io.atomic import write_text_atomic
 
@@ -55,9 +63,11 @@ class StageSA1BConfig(BaseModel):
     num_tars: int | None = Field(None, ge=1)  # overrides fraction
     seed: int = 0
     output_dir: Path = Path("data/sa1b")
+    store_dir: Path = Path("outputs/.work/sa1b")  # tars, partial downloads, per-tar records: outside DVC's outputs
     max_images: int | None = Field(None, ge=1)
-    extract_json: bool = False
-    keep_tars: bool = False
+    index_json: bool = False  # also record where each image's annotation JSON lies in its tar
+    download_workers: int = Field(4, ge=1)  # tars fetched (and indexed) at the same time
+    verify: Literal["size", "checksum"] = "size"  # what a re-run checks of a recorded tar (checksum: re-hash)
     sizes: dict[str, int] = Field(default_factory=dict)  # tar name → bytes
     checksums: dict[str, str] = Field(default_factory=dict)  # tar name → "sha256:<hex>" | "md5:<hex>"
     retries: int = Field(3, ge=0)
@@ -165,7 +175,14 @@ class TarStore:
         return names
 
     def obtain(
-        self, name: str, download_dir: Path, size: int | None, checksum: Checksum | None, retry: RetryPolicy
+        self,
+        name: str,
+        download_dir: Path,
+        size: int | None,
+        checksum: Checksum | None,
+        retry: RetryPolicy,
+        *,
+        progress: bool = False,
     ) -> tuple[Path, int]:
         """A local path to tar ``name`` and the bytes downloaded for it (0 for a local or kept tar)."""
         if self.kind == "local":
@@ -181,46 +198,143 @@ class TarStore:
             open_body = partial(open_http, self.links[name], timeout_s=self.config.timeout_s)
         destination = download_dir / name
         fetched = download(
-            open_body, destination, expected_size=size, checksum=checksum, retry=retry, progress=self.config.progress
+            open_body, destination, expected_size=size, checksum=checksum, retry=retry, progress=progress
         )
         return destination, fetched
 
 
-def _record_path(output_dir: Path, name: str) -> Path:
-    return output_dir / "staged" / f"{Path(name).stem}.json"
+def _record_path(store_dir: Path, name: str) -> Path:
+    return store_dir / "records" / f"{Path(name).stem}.json"
 
 
-def read_record(output_dir: Path, name: str) -> dict | None:
+def read_record(store_dir: Path, name: str) -> dict | None:
     """The per-tar record of an earlier run, ``None`` when absent or unreadable."""
     try:
-        return json.loads(_record_path(output_dir, name).read_text())
+        return json.loads(_record_path(store_dir, name).read_text())
     except (OSError, ValueError):
         return None
 
 
-def write_record(output_dir: Path, name: str, record: dict) -> None:
-    write_text_atomic(_record_path(output_dir, name), json.dumps(record))
+def write_record(store_dir: Path, name: str, record: dict) -> None:
+    write_text_atomic(_record_path(store_dir, name), json.dumps(record))
 
 
-def _needs_restage(record: dict | None, needed: int | None, extract_json: bool, output_dir: Path) -> bool:
-    """Whether a per-tar record is missing, too small for ``needed`` images, lacks JSON, or lost files."""
-    if record is None or (extract_json and not record["include_json"]):
-        return True
-    if not record["complete"] and (needed is None or len(record["rows"]) < needed):
-        return True
-    rows = record["rows"] if needed is None else record["rows"][:needed]
-    return not all((output_dir / row["image"]).is_file() for row in rows)
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def record_is_current(record: dict | None, path: Path, config: StageSA1BConfig) -> bool:
+    """Whether a recorded tar can be used as it is: same file (path, size, mtime), the configured size
+    and checksum, JSON indexed when asked; with ``verify: checksum`` its digest is computed again."""
+    name = Path(path).name
+    if record is None or record.get("path") != str(path) or (config.index_json and not record["include_json"]):
+        return False
+    if _file_state(path) != (record["size"], record["mtime_ns"]):
+        return False
+    if name in config.sizes and config.sizes[name] != record["size"]:
+        return False
+    wanted = config.checksums.get(name)
+    if wanted is not None and record.get("checksum") != wanted:
+        return False
+    if config.verify == "checksum" and record.get("checksum"):
+        checksum = Checksum.parse(record["checksum"])
+        return file_digest(path, checksum.algorithm) == checksum.hexdigest
+    return True
 
 
 def _generate_synthetic_tars(config: StageSA1BConfig) -> StageSA1BConfig:
-    """Write the demo's SA-1B-format tars (deterministic) and stage them as a local source."""
+    """Write the demo's SA-1B-format tars (deterministic) into the store and stage them as a local source.
+
+    Files whose bytes are already there are left untouched (same mtime), so their records stay current.
+    """
+    import filecmp
+    import shutil
+    import tempfile
+
     from fsdino.data.synthetic_sa1b import write_synthetic_sa1b
 
-    tar_dir = config.output_dir / "synthetic_tars"
-    generated = write_synthetic_sa1b(
-        tar_dir, num_tars=config.synthetic_tars, images_per_tar=config.synthetic_images_per_tar, seed=config.seed
-    )
-    return config.model_copy(update={"source": "local", "tar_dir": tar_dir, "links_file": generated.links_path})
+    tar_dir = config.store_dir / "synthetic"
+    tar_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=config.store_dir))
+    try:
+        generated = write_synthetic_sa1b(
+            scratch, num_tars=config.synthetic_tars, images_per_tar=config.synthetic_images_per_tar, seed=config.seed
+        )
+        for fresh in scratch.iterdir():
+            target = tar_dir / fresh.name
+            if not (target.is_file() and filecmp.cmp(fresh, target, shallow=False)):
+                os.replace(fresh, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    links = tar_dir / generated.links_path.name
+    return config.model_copy(update={"source": "local", "tar_dir": tar_dir, "links_file": links})
+
+
+class _Stager:
+    """Obtains, verifies and indexes one tar; safe to call from several threads for different tars."""
+
+    def __init__(self, config: StageSA1BConfig, store: TarStore) -> None:
+        self.config, self.store = config, store
+        self.retry = RetryPolicy(retries=config.retries, backoff_s=config.backoff_s)
+        self.quiet = config.download_workers > 1 or not config.progress  # one overall bar instead
+
+    def local_path(self, name: str) -> Path:
+        if self.store.kind == "local":
+            return self.config.tar_dir / name
+        return self.config.store_dir / "tars" / name
+
+    def __call__(self, name: str) -> dict[str, Any]:
+        """``{"record", "fetched", "reused"}`` for tar ``name``."""
+        config, path = self.config, self.local_path(name)
+        record = read_record(config.store_dir, name)
+        if record_is_current(record, path, config):
+            return {"record": record, "fetched": 0, "reused": True}
+        wanted = config.checksums.get(name)
+        checksum = Checksum.parse(wanted) if wanted else None
+        path, fetched = self.store.obtain(
+            name, config.store_dir / "tars", config.sizes.get(name), checksum, self.retry, progress=not self.quiet
+        )
+        if fetched == 0 and (self.store.kind == "local" or checksum is not None):
+            verify_file(path, expected_size=config.sizes.get(name), checksum=checksum)
+        index = index_sa1b_tar(path, tar_name=name, include_json=config.index_json)
+        size, mtime_ns = _file_state(path)
+        record = {"path": str(path), "size": size, "mtime_ns": mtime_ns, "checksum": wanted, **index}
+        write_record(config.store_dir, name, record)
+        return {"record": record, "fetched": fetched, "reused": False}
+
+
+def _in_order(stage: _Stager, names: list[str], workers: int) -> Iterator[tuple[str, Future]]:
+    """Results of ``stage(name)`` in selection order, keeping up to ``workers`` tars in flight ahead.
+
+    Closing the generator cancels the tars not yet started (a ``max_images`` cap reached early); those
+    already running finish, and what they fetched stays in the store for the next run.
+    """
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sa1b") as pool:
+        pending: list[tuple[str, Future]] = []
+        queue = iter(names)
+        try:
+            while True:
+                while len(pending) < workers and (name := next(queue, None)) is not None:
+                    pending.append((name, pool.submit(stage, name)))
+                if not pending:
+                    return
+                yield pending.pop(0)
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+def _tar_entry(record: dict, output_dir: Path) -> dict[str, Any]:
+    """The manifest's view of a tar: its path from the manifest's folder when it lies under the working
+    folder (portable between clones), else absolute."""
+    path = Path(record["path"]).absolute()
+    inside = path.is_relative_to(Path.cwd())
+    shown = os.path.relpath(path, output_dir.absolute()) if inside else str(path)
+    return {"path": shown, "size": record["size"], "checksum": record["checksum"], "images": len(record["rows"])}
 
 
 def run(config: StageSA1BConfig) -> dict[str, Any]:
@@ -232,43 +346,35 @@ def run(config: StageSA1BConfig) -> dict[str, Any]:
     store = TarStore(config)
     pool = store.names()
     selected = select_tars(pool, seed=config.seed, fraction=config.fraction, num_tars=config.num_tars)
-    retry = RetryPolicy(retries=config.retries, backoff_s=config.backoff_s)
     summary: dict[str, Any] = {
-        "pool": len(pool),
-        "selected": selected,
-        "used": [],
-        "downloaded_tars": 0,
-        "bytes_downloaded": 0,
-        "staged_tars": 0,
-        "reused_tars": 0,
-        "corrupt_images": 0,
-    }
+        "pool": len(pool), "selected": selected, "used": [], "downloaded_tars": 0, "bytes_downloaded": 0,
+        "downloaded": {}, "staged_tars": 0, "reused_tars": 0, "corrupt_images": 0,
+    }  # fmt: skip
     rows: list[dict[str, Any]] = []
-    for name in tqdm(selected, desc="SA-1B tars", unit="tar", disable=not config.progress):
-        needed = None if config.max_images is None else config.max_images - len(rows)
-        record = read_record(output_dir, name)
-        if _needs_restage(record, needed, config.extract_json, output_dir):
-            checksum = Checksum.parse(config.checksums[name]) if name in config.checksums else None
-            tar_path, fetched = store.obtain(name, output_dir / "tars", config.sizes.get(name), checksum, retry)
-            if fetched == 0 and store.kind == "local":
-                verify_file(tar_path, expected_size=config.sizes.get(name), checksum=checksum)
-            summary["downloaded_tars"] += int(fetched > 0)
-            summary["bytes_downloaded"] += fetched
-            record = extract_sa1b_tar(
-                tar_path, output_dir, tar_name=name, include_json=config.extract_json, limit=needed
-            )
-            summary["staged_tars"] += 1
-            summary["corrupt_images"] += record.pop("corrupt_images", 0)
-            write_record(output_dir, name, record)
-            if store.kind != "local" and not config.keep_tars:
-                tar_path.unlink(missing_ok=True)
-        else:
-            summary["reused_tars"] += 1
-        rows.extend(record["rows"] if needed is None else record["rows"][:needed])
-        summary["used"].append(name)
-        if config.max_images is not None and len(rows) >= config.max_images:
-            break
-    manifest = write_manifest(rows, output_dir / "manifest.parquet")
+    tars: dict[str, dict[str, Any]] = {}
+    stager = _Stager(config, store)
+    results = _in_order(stager, selected, config.download_workers)
+    bar = tqdm(total=len(selected), desc="SA-1B tars", unit="tar", disable=not config.progress)
+    try:
+        for name, future in results:
+            outcome = future.result()
+            record = outcome["record"]
+            summary["downloaded"][name] = outcome["fetched"]
+            summary["downloaded_tars"] += int(outcome["fetched"] > 0)
+            summary["bytes_downloaded"] += outcome["fetched"]
+            summary["reused_tars" if outcome["reused"] else "staged_tars"] += 1
+            summary["corrupt_images"] += 0 if outcome["reused"] else record["corrupt_images"]
+            needed = None if config.max_images is None else config.max_images - len(rows)
+            rows.extend(record["rows"] if needed is None else record["rows"][:needed])
+            tars[name] = _tar_entry(record, output_dir)
+            summary["used"].append(name)
+            bar.update()
+            if config.max_images is not None and len(rows) >= config.max_images:
+                break
+    finally:
+        results.close()
+        bar.close()
+    manifest = write_manifest(rows, tars, output_dir / "manifest.parquet")
     summary.update(images=len(rows), manifest=str(manifest))
     return summary
 
@@ -277,12 +383,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Stage the SA-1B subset for distillation.")
     parser.add_argument("--params", type=Path, default=None, help=f"params file (default: {DEFAULT_PARAMS} if present)")
     parser.add_argument("--section", default=SECTION)
-    for flag in ("source", "links-file", "tar-dir", "s3-bucket", "s3-prefix", "endpoint-url", "region", "output-dir"):
+    for flag in (
+        "source",
+        "links-file",
+        "tar-dir",
+        "s3-bucket",
+        "s3-prefix",
+        "endpoint-url",
+        "region",
+        "output-dir",
+        "store-dir",
+        "verify",
+    ):
         parser.add_argument(f"--{flag}")
-    for flag in ("fraction", "num-tars", "seed", "max-images"):
+    for flag in ("fraction", "num-tars", "seed", "max-images", "download-workers"):
         parser.add_argument(f"--{flag}")
-    parser.add_argument("--extract-json", action="store_const", const=True)
-    parser.add_argument("--keep-tars", action="store_const", const=True)
+    parser.add_argument("--index-json", action="store_const", const=True)
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False)
     return parser
 
