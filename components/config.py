@@ -75,6 +75,20 @@ class WeightsParams(_Section):
     timeout_s: float = Field(default=60.0, gt=0)
 
 
+class TeacherCacheParams(_Section):
+    """Where and how the teacher targets are kept (``fsdino.training.teacher_cache``; docs/pipeline.md).
+
+    The shards live in ``dir``, outside DVC's outputs (never deleted before a re-run, never copied into
+    DVC's cache); the DVC output is the small index ``<distill.out_dir>/teacher_cache.json``.
+    """
+
+    dir: Path = Path("outputs/.work/teacher_cache")
+    shard_images: int = Field(default=512, ge=1, description="manifest rows per shard")
+    batch_size: int = Field(default=8, ge=1, description="teacher batch size per process")
+    stale_after_s: float = Field(default=600.0, gt=0, description="a claim of another host without heartbeat")
+    verify: Literal["header", "checksum"] = "header"
+
+
 class DistillParams(_Section):
     """Coarse-to-fine distillation (paper §3.3, §4.1): three stages at increasing resolution, each
     starting from the previous one's adapter (``dvc.yaml`` has one stage per resolution)."""
@@ -84,7 +98,7 @@ class DistillParams(_Section):
     manifest: Path = Path("outputs/data/sa1b/manifest.parquet")
     out_dir: Path = Path("outputs/distill")
     targets: Literal["cached", "online"] = "cached"
-    cache_batch_size: int = Field(default=8, ge=1)
+    cache: TeacherCacheParams = TeacherCacheParams()
     val_fraction: float = Field(default=0.05, gt=0, lt=0.5)
     loop: LoopConfig = LoopConfig(epochs=15, batch_size=8, lr=1e-3)
 
@@ -97,7 +111,13 @@ class DistillParams(_Section):
 
     @property
     def teacher_cache(self) -> Path:
-        return self.out_dir / "teacher_cache.npy"
+        """The cache's index, the DVC output (the shards are under ``cache.dir``)."""
+        return self.out_dir / "teacher_cache.json"
+
+    @property
+    def grids(self) -> tuple[int, ...]:
+        """The student grid of each stage (image size / 14): the grids the teacher cache stores."""
+        return tuple(dict.fromkeys(size // 14 for size in self.image_sizes))
 
     def stage_dir(self, stage: int) -> Path:
         return self.out_dir / f"stage{stage}"

@@ -26,11 +26,12 @@ from fsdino.data.sa1b import SA1BImages
 from fsdino.errors import InputError
 from fsdino.io.atomic import atomic_path, write_json_atomic
 from fsdino.models.adapter import BottleneckAdapter
-from fsdino.models.build import build_encoder, build_teacher, seeded
+from fsdino.models.build import build_encoder, seeded
 from fsdino.models.teacher import SAM_PATCH_SIZE
-from fsdino.training.distill import WithTeacherImages, cached_targets, distill_stage, evaluate_mse, online_targets
+from fsdino.models.teacher_builder import build_teacher
+from fsdino.training.distill import WithCachedTargets, WithTeacherImages, distill_stage, evaluate_mse, online_targets
 from fsdino.training.runtime import Runtime, runtime
-from fsdino.training.teacher_cache import TeacherCache
+from fsdino.training.teacher_cache import TeacherTargets
 
 
 def split_indices(count: int, val_fraction: float) -> tuple[list[int], list[int]]:
@@ -42,12 +43,14 @@ def split_indices(count: int, val_fraction: float) -> tuple[list[int], list[int]
 
 
 def _targets(params: Params, rt: Runtime, keys: list[str], image_size: int):
-    """(dataset at ``image_size``, target function) for the configured target source."""
+    """(dataset at ``image_size``, target function) for the configured target source; cached targets
+    come inside the dataset's items (read by the loader's workers), so their function is ``None``."""
     distill = params.distill
     images = SA1BImages(distill.manifest, image_size)
     if distill.targets == "cached":
-        cache = TeacherCache(distill.teacher_cache, teacher_id=teacher_id(distill.teacher), keys=keys)
-        return images, cached_targets(cache)
+        grid = image_size // 14
+        cache = TeacherTargets(distill.teacher_cache, teacher_id=teacher_id(distill.teacher), keys=keys, grid=grid)
+        return WithCachedTargets(images, cache), None
     teacher_view = SA1BImages(distill.manifest, distill.teacher.image_size, multiple_of=SAM_PATCH_SIZE)
     return WithTeacherImages(images, teacher_view), online_targets(build_teacher(distill.teacher), rt)
 
@@ -75,12 +78,19 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         train_data, targets = _targets(params, rt, keys, image_size)
         val_data, val_targets = _targets(params, rt, keys, final_size)
         val_subset = Subset(val_data, val_rows)
-        mse_before = evaluate_mse(student=student, adapter=adapter, data=val_subset, targets=val_targets, runtime=rt)
+        workers = distill.loop.num_workers
+        mse_before = evaluate_mse(
+            student=student, adapter=adapter, data=val_subset, targets=val_targets, runtime=rt, num_workers=workers
+        )
+        loader_stats: dict[str, float] = {}
         position = distill_stage(
             student=student, adapter=adapter, data=Subset(train_data, train_rows), targets=targets,
             config=distill.loop, runtime=rt, checkpoint=state, fingerprint=run_id, log=step_logger(params),
+            stats=loader_stats,
         )  # fmt: skip
-        mse_after = evaluate_mse(student=student, adapter=adapter, data=val_subset, targets=val_targets, runtime=rt)
+        mse_after = evaluate_mse(
+            student=student, adapter=adapter, data=val_subset, targets=val_targets, runtime=rt, num_workers=workers
+        )
         if not rt.is_main:
             return {}
     metrics = {
@@ -94,7 +104,9 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     with atomic_path(out_dir / "history.csv") as temporary:
         history[["stage", "image_size", "epoch", "loss"]].to_csv(temporary, index=False)
     write_json_atomic(out_dir / "metrics.json", metrics)
-    return {**metrics, "out_dir": str(out_dir)}
+    # Run-dependent timing goes to the printed summary (and MLflow), never into the outputs.
+    wait_ms = 1000 * loader_stats.get("wait_s", 0.0) / max(loader_stats.get("steps", 0), 1)
+    return {**metrics, "out_dir": str(out_dir), "main_thread_data_ms_per_step": wait_ms}
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

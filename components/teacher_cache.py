@@ -1,29 +1,44 @@
-"""Pipeline step: run the SAM teacher once over the distillation images and keep its embeddings (fp16).
+"""Pipeline step: run the SAM teacher once over the distillation images and keep its targets, in shards.
 
 Every distillation stage reads its targets from this cache (``distill.targets: cached``), so the
 teacher — SAM ViT-H at 1024 px in the paper, the costliest network of the pipeline — runs once instead
-of once per epoch per stage.
+of once per epoch per stage. The shards (``distill.cache.dir``, outside DVC's outputs) hold the targets
+already pooled to every stage's grid, fp16; the DVC output is their index (``teacher_cache.json``).
 
     python -m components.teacher_cache [--params params.yaml]
+    torchrun --standalone --nproc-per-node=8 -m components.teacher_cache   # rank r builds shards[r::8]
+
+A re-run (after a crash, a retry, a kill of one rank) rebuilds only the shards that do not validate; two
+processes, on one machine or on two sharing ``distill.cache.dir``, never build the same shard (claims).
+Rank 0 waits until every shard is built (taking over those whose builder died) and writes the index.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
-
-import torch
 
 from components.cli import params_main
 from components.config import Params
 from fsdino.config import TeacherConfig
 from fsdino.data.sa1b import SA1BImages, read_manifest
-from fsdino.models.build import build_teacher
 from fsdino.models.teacher import SAM_PATCH_SIZE
+from fsdino.models.teacher_builder import build_teacher
 from fsdino.training.runtime import runtime
-from fsdino.training.teacher_cache import build_teacher_cache, cache_is_valid
+from fsdino.training.teacher_cache import (
+    CacheSpec,
+    build_shards,
+    remove_surplus_shards,
+    shard_rows_by_rank,
+    write_index,
+)
+
+POLL_S = 5.0  # how often rank 0 looks at shards that others are still building
 
 
 def teacher_id(config: TeacherConfig) -> str:
@@ -36,19 +51,58 @@ def manifest_keys(params: Params) -> list[str]:
     return [str(key) for key in read_manifest(params.distill.manifest)["key"]]
 
 
-def run(params: Params, args: argparse.Namespace | None = None) -> dict[str, Any]:
+def cache_spec(params: Params, keys: Sequence[str]) -> CacheSpec:
     distill = params.distill
-    keys = manifest_keys(params)
-    identity = teacher_id(distill.teacher)
-    if cache_is_valid(distill.teacher_cache, identity, keys):
-        return {"cache": str(distill.teacher_cache), "images": len(keys), "reused": True}
+    return CacheSpec(teacher_id(distill.teacher), distill.grids, tuple(keys), distill.cache.shard_images)
+
+
+def run(params: Params, args: argparse.Namespace | None = None) -> dict[str, Any]:
+    distill, cache = params.distill, params.distill.cache
+    spec = cache_spec(params, manifest_keys(params))
     images = SA1BImages(distill.manifest, distill.teacher.image_size, multiple_of=SAM_PATCH_SIZE)
-    with runtime(distill.loop.device, distill.loop.amp) as rt, torch.inference_mode():
-        build_teacher_cache(
-            build_teacher(distill.teacher), images, keys, distill.teacher_cache, teacher_id=identity,
-            batch_size=distill.cache_batch_size, device=rt.device, num_workers=distill.loop.num_workers,
-        )  # fmt: skip
-    return {"cache": str(distill.teacher_cache), "images": len(keys), "reused": False, "teacher": identity}
+    with runtime(distill.loop.device, distill.loop.amp) as rt:
+        built_by = {"host": socket.gethostname(), "pid": os.getpid(), "rank": rt.rank, "world": rt.world_size}
+        options: dict[str, Any] = {
+            "batch_size": cache.batch_size, "device": rt.device, "autocast": rt.autocast,
+            "num_workers": distill.loop.num_workers, "built_by": built_by,
+        }  # fmt: skip
+
+        def build(shards: Sequence[int]) -> dict[str, list]:
+            return build_shards(
+                lambda: build_teacher(distill.teacher).to(rt.device), images, spec, cache.dir, shards=shards,
+                stale_after_s=cache.stale_after_s, checksum=cache.verify == "checksum", progress=rt.is_main,
+                **options,
+            )  # fmt: skip
+
+        mine = build(range(spec.num_shards)[rt.rank :: rt.world_size])
+        rt.barrier()
+        if not rt.is_main:
+            return {}
+        waited = _finish_others(build, spec)
+    remove_surplus_shards(cache.dir, spec)
+    index = write_index(distill.teacher_cache, cache.dir, spec)
+    return {
+        "cache": str(distill.teacher_cache), "shards_dir": str(cache.dir), "images": len(spec.keys),
+        "shards": spec.num_shards, "computed": len(mine["computed"]) + len(waited["computed"]),
+        "reused": len(mine["reused"]), "invalid": mine["invalid"] + waited["invalid"],
+        "bytes_per_image": index["bytes_per_image"], "teacher": spec.teacher_id,
+        "rows_by_builder": shard_rows_by_rank(cache.dir, spec),
+    }  # fmt: skip
+
+
+def _finish_others(build, spec: CacheSpec) -> dict[str, list]:
+    """Rank 0, after every local rank is done: build or wait for the shards still missing (claimed by a
+    process elsewhere, or left by one that died: its claim goes stale and is taken over)."""
+    done: dict[str, list] = {"computed": [], "invalid": []}
+    todo = list(range(spec.num_shards))
+    while todo:
+        result = build(todo)
+        done["computed"] += result["computed"]
+        done["invalid"] += result["invalid"]
+        todo = result["claimed_elsewhere"]
+        if todo:
+            time.sleep(POLL_S)
+    return done
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,28 +6,28 @@ Weights are loaded here (through :mod:`fsdino.checkpoints`), never inside a modu
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import timm
-import torch
 from timm.data import resolve_model_data_config
 
 from fsdino.checkpoints import (
     check_state_matches,
     load_dinov2_backbone,
     load_sam_decoder,
-    load_sam_image_encoder,
     read_checkpoint,
     segmenter_state,
 )
-from fsdino.config import EncoderConfig, ModelConfig, TeacherConfig
+from fsdino.config import EncoderConfig, ModelConfig
 from fsdino.models.adapter import BottleneckAdapter
 from fsdino.models.correlation import Correlation4D
 from fsdino.models.decoder import PromptedMaskDecoder
 from fsdino.models.encoder import DinoV2Encoder
 from fsdino.models.fsdino import FSDINO
-from fsdino.models.teacher import SamTeacher, build_sam_image_encoder
+from fsdino.models.seeding import seeded
+from fsdino.models.teacher_builder import build_teacher
+
+__all__ = ["build_encoder", "build_fsdino", "build_teacher", "load_fsdino", "seeded"]
 
 #: Seed used to initialise ``weights: random`` encoders, so that every process builds the same one.
 RANDOM_ENCODER_SEED = 0
@@ -52,14 +52,6 @@ def build_encoder(config: EncoderConfig, image_size: int = 518, blocks: int | No
         vit.blocks = vit.blocks[:blocks]
     data_config = resolve_model_data_config(vit)
     return DinoV2Encoder(vit, mean=tuple(data_config["mean"]), std=tuple(data_config["std"]), blocks=blocks)
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Draw the random initialisation inside the block from ``seed``, leaving the caller's RNG state as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def build_fsdino(config: ModelConfig, *, load_sam: bool = True, seed: int | None = None) -> FSDINO:
@@ -98,12 +90,3 @@ def load_fsdino(path: Path | str, *, sha256: str | None = None) -> tuple[FSDINO,
     check_state_matches(segmenter_state(model), state, path)
     model.load_state_dict(state, strict=False)  # only the encoder's keys are absent, by construction
     return model.eval(), config, metadata
-
-
-def build_teacher(config: TeacherConfig) -> SamTeacher:
-    """SAM's image encoder for distillation, from the official checkpoint when one is given."""
-    with seeded(RANDOM_ENCODER_SEED):
-        encoder = build_sam_image_encoder(config.arch, config.image_size)
-    if config.checkpoint is not None:
-        load_sam_image_encoder(encoder, config.checkpoint, config.sha256)
-    return SamTeacher(encoder, config.image_size)
