@@ -80,3 +80,30 @@ def bf16_peak_tflops(device_name: str) -> float | None:
         if key.lower() in device_name.lower():
             return peak
     return None
+
+
+#: SAM image encoders (segment_anything.build_sam): width, depth, global-attention blocks; window 14.
+SAM_SHAPES: dict[str, tuple[int, int, int]] = {"vit_h": (1280, 32, 4), "vit_l": (1024, 24, 4), "vit_b": (768, 12, 4)}
+
+
+def sam_encoder_flops(arch: str, image_size: int = 1024, window: int = 14, batch: int = 1) -> int:
+    """FLOPs of SAM's image encoder (patch 16, MLP ratio 4, windowed attention but for ``global`` blocks).
+
+    With P = (S/16)² tokens, Pw = P padded to whole windows (⌈√P/w⌉²·w²), D the width, L blocks of which
+    G global:  2·P·3·16²·D  +  L·24·P·D²  +  (L − G)·4·Pw·w²·D  +  G·4·P²·D  +  neck (1×1 conv D → 256,
+    3×3 conv 256 → 256): 2·P·D·256 + 2·P·9·256². Relative-position terms are elementwise-sized and left
+    out. SAM ViT-H at 1,024 px: 5.6 TFLOP (2.8 T multiply-adds, the figure usually quoted as "≈3 T").
+    """
+    dim, depth, global_blocks = SAM_SHAPES[arch]
+    side = image_size // 16
+    tokens = side * side
+    padded = (-(-side // window) * window) ** 2
+    per_image = (
+        2 * tokens * 3 * 16**2 * dim
+        + depth * 24 * tokens * dim**2
+        + (depth - global_blocks) * 4 * padded * window**2 * dim
+        + global_blocks * 4 * tokens**2 * dim
+        + 2 * tokens * dim * 256
+        + 2 * tokens * 9 * 256**2
+    )
+    return batch * per_image
