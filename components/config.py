@@ -21,7 +21,7 @@ from components.stage_sa1b import StageSA1BConfig
 from components.stage_synthetic import SyntheticStageConfig
 from components.tracking_config import TrackingConfig
 from fsdino.config import ModelConfig, TeacherConfig, Variant
-from fsdino.data.transforms import TrainTransform
+from fsdino.data.transforms import TrainResize, TrainTransform
 from fsdino.training.config import LoopConfig
 
 BenchmarkKind = Literal["synthetic", "pascal", "coco"]
@@ -104,12 +104,15 @@ class DistillParams(_Section):
 
 
 class AugmentParams(_Section):
-    """Training augmentation (``fsdino.data.transforms.TrainTransform``); defaults are HDMNet's (paper §4.1).
+    """Training augmentation (``fsdino.data.transforms.TrainTransform``); defaults are HDMNet's (paper §4.1):
+    scale, rotate, blur, flip, then a squash to the square (``resize: squash``; ``pad_crop`` is PFENet/BAM's
+    pad and random crop). HDMNet's scale range is 0.9-1.1 for PASCAL-5i and 0.8-1.25 for COCO-20i.
 
     The CPU demo keeps only the horizontal flip, so that every training tensor is one of two views of an
     image and the frozen encoder's features can be computed once (``features.memo``).
     """
 
+    resize: TrainResize = "squash"
     scale_range: tuple[float, float] = (0.9, 1.1)
     rotate_p: float = Field(default=0.5, ge=0, le=1)
     blur_p: float = Field(default=0.5, ge=0, le=1)
@@ -117,7 +120,12 @@ class AugmentParams(_Section):
 
     def transform(self, size: int) -> TrainTransform:
         return TrainTransform(
-            size, scale_range=self.scale_range, rotate_p=self.rotate_p, blur_p=self.blur_p, flip_p=self.flip_p
+            size,
+            resize=self.resize,
+            scale_range=self.scale_range,
+            rotate_p=self.rotate_p,
+            blur_p=self.blur_p,
+            flip_p=self.flip_p,
         )
 
 
