@@ -21,6 +21,7 @@ from components.stage_sa1b import StageSA1BConfig
 from components.stage_synthetic import SyntheticStageConfig
 from components.tracking_config import TrackingConfig
 from fsdino.config import ModelConfig, TeacherConfig, Variant
+from fsdino.data.episodes import EpochUnit
 from fsdino.data.transforms import TrainResize, TrainTransform
 from fsdino.training.config import LoopConfig
 
@@ -136,6 +137,9 @@ class TrainParams(_Section):
     folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1)
     shots: list[int] = Field(default_factory=lambda: [1, 5], min_length=1)
     init_adapter_from_distillation: bool = True
+    epoch: EpochUnit = Field(
+        default="pairs", description="an epoch: every (image, class) pair once (HSNet) or every image once (HDMNet)"
+    )
     episodes_per_epoch: int | None = Field(default=None, ge=1)
     val_episodes: int = Field(default=100, ge=1)
     keep_decoded: int = Field(

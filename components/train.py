@@ -78,10 +78,10 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     run_id = fingerprint(
         config, train.loop, train.augment, train.episodes_per_epoch, train.val_episodes, params.evaluate, variant, fold,
         shot,
-        sha256_of(adapter_file) if train.init_adapter_from_distillation else None,
+        sha256_of(adapter_file) if train.init_adapter_from_distillation else None, train.epoch,
     )  # fmt: skip
     work_dir = prepare_work_dir(WORK_DIR / "train" / variant / f"fold{fold}_shot{shot}", run_id)
-    sampler = data.train_sampler(shot, train.loop.seed, train.episodes_per_epoch)
+    sampler = data.train_sampler(shot, train.loop.seed, train.episodes_per_epoch, train.epoch)
     size = config.image_size
     transform = train.augment.transform(size)
     memo = attach_memo(params, model.encoder)
