@@ -43,7 +43,8 @@ class EpisodeOutput(NamedTuple):
     index: int  # the episode's position in the evaluation list
     class_id: int
     truth: torch.Tensor  # H×W {0, 1, 255}, on the CPU
-    prediction: torch.Tensor  # H×W bool, on the CPU
+    prediction: torch.Tensor  # H×W bool, on the CPU: logits > 0
+    logits: torch.Tensor  # H×W float32, on the CPU, at the scored resolution (to merge objects of a frame)
     batch: dict  # the collated batch it came from
     position: int  # its row in ``batch``
 
@@ -77,16 +78,17 @@ def predict(
         logits = output.mask_logits.float()
         if resolution == "input":
             truths = list(batch["query_mask"])
-            predictions = list(logits[:, 0] > 0)
+            scored = list(logits[:, 0])
         else:
             truths = batch["query_mask_original"]
-            predictions = [
-                F.interpolate(item[None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0] > 0
+            scored = [
+                F.interpolate(item[None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0]
                 for item, truth in zip(logits, truths, strict=True)
             ]
         classes = batch["class_id"].tolist()
-        for position, (prediction, truth, class_id) in enumerate(zip(predictions, truths, classes, strict=True)):
-            yield EpisodeOutput(int(batch["index"][position]), class_id, truth.cpu(), prediction.cpu(), batch, position)
+        for position, (item, truth, class_id) in enumerate(zip(scored, truths, classes, strict=True)):
+            index, item = int(batch["index"][position]), item.cpu()
+            yield EpisodeOutput(index, class_id, truth.cpu(), item > 0, item, batch, position)
 
 
 def kept_prediction(item: EpisodeOutput) -> Prediction:
