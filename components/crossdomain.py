@@ -30,7 +30,7 @@ from components.cli import params_main
 from components.config import Params
 from components.crossdomain_config import SHOT
 from components.evaluate import overlay_indices, per_class_table, tuned_baseline, write_overlays
-from fsdino.data.benchmark import Split, evaluation_episodes, open_split
+from fsdino.data.benchmark import Split, evaluation_episodes, open_split, read_manifest
 from fsdino.data.dataset import EpisodeDataset, make_loader
 from fsdino.data.transforms import EvalTransform
 from fsdino.errors import InputError
@@ -162,6 +162,7 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         "trained_on": params.benchmark.kind, "checkpoint": str(checkpoint),
         "episodes": len(episodes), **summary, "seed": params.evaluate.seed,
         "resolution": params.evaluate.resolution, "overlays": overlays, "baseline": baseline_summary,
+        "split_rule": read_manifest(stage_dir).get("split_rule"),  # FSS-1000: HSNet's lists or the seeded rule
     }  # fmt: skip
     write_json_atomic(out_dir / "metrics.json", metrics)
     headline = {k: v for k, v in summary.items() if k in HEADLINE}

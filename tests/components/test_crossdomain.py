@@ -22,7 +22,7 @@ from fsdino.errors import InputError
 from fsdino.evaluation.engine import EpisodeOutput
 from fsdino.models.build import build_fsdino
 from tests.conftest import tiny_config
-from tests.data.mini_datasets import make_davis
+from tests.data.mini_datasets import make_davis, make_fss
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / PROFILES  # tests change the working folder
 
@@ -62,6 +62,7 @@ def test_fss_is_staged_and_scored(workspace: Params) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "fss" and metrics["split"] == "test" and metrics["shot"] == 1
     assert metrics["classes"] == 3 and metrics["trained_on"] == "synthetic"
+    assert metrics["split_rule"] == "seeded rule (seed 0)"  # the demo's split, which the report names
     assert set(metrics["baseline"]) == {"miou", "fb_iou", "classes", "threshold"}
     table = pd.read_csv(out / "per_class.csv")
     assert len(table) == 3 and table["episodes"].sum() == 9
@@ -127,6 +128,24 @@ def test_main_exits_2_with_one_line(workspace: Params, tmp_path: Path, capsys: p
     assert crossdomain.main(["--target", "davis", "--params", str(params_file)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "manifest not found" in error and "\n" not in error
+
+
+def test_the_paper_profile_stops_without_hsnets_fss_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    values = yaml.safe_load(render("paper-coco", PROFILE_DIR))
+    assert values["crossdomain"]["fss"]["require_official_lists"] is True
+    values["crossdomain"]["fss"]["root"] = str(make_fss(tmp_path / "fss"))  # FSS-1000 without its lists
+    values["tracking"] = {"enabled": False}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
+    assert stage_crossdomain.main(["--target", "fss", "--params", "params.yaml"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"error: {tmp_path / 'fss' / 'splits' / 'fss' / 'trn.txt'}: HSNet's FSS-1000 class list not found "
+        "(require_official_lists: no seeded split; copy trn.txt, val.txt and test.txt from HSNet's data/splits/fss/)"
+    )
+    assert not Path("outputs/data/fss/manifest.json").exists()
 
 
 def test_config_rules() -> None:
