@@ -23,6 +23,7 @@ from components.tracking_config import TrackingConfig
 from fsdino.config import ModelConfig, TeacherConfig, Variant
 from fsdino.data.episodes import EpochUnit
 from fsdino.data.transforms import TrainResize, TrainTransform
+from fsdino.evaluation.voting import ShotFusion
 from fsdino.training.config import LoopConfig
 
 BenchmarkKind = Literal["synthetic", "pascal", "coco"]
@@ -194,6 +195,9 @@ class EvaluateParams(_Section):
     episodes: int = Field(default=1000, ge=1)
     seed: int = 0
     resolution: Literal["original", "input"] = "original"
+    shot_fusion: ShotFusion = Field(
+        default="model", description="K-shot: the model's fused supports, or HSNet's vote over K one-shot passes"
+    )
     batch_size: int = Field(default=8, ge=1)
     overlays: int = Field(default=4, ge=0)
     baseline: bool = True

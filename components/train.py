@@ -59,7 +59,9 @@ def _validator(params: Params, data: FoldData, shot: int, image_size: int, rt: R
 
     def validate(model: FSDINO) -> dict[str, float]:
         loader = make_loader(dataset, batch_size=params.evaluate.batch_size)
-        meter, _ = evaluate(model, loader, data.novel_classes, rt, resolution=params.evaluate.resolution)
+        settings = params.evaluate
+        options = {"resolution": settings.resolution, "shot_fusion": settings.shot_fusion}
+        meter, _ = evaluate(model, loader, data.novel_classes, rt, **options)
         return meter.summary()
 
     return validate
