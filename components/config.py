@@ -172,7 +172,8 @@ class FeaturesParams(_Section):
     With ``memo`` the stage encodes every benchmark image in each view that training (flip-only
     augmentation) and evaluation feed the encoder; train and evaluate then look features up by the
     image tensor's bytes (exact), computing only what is missing. Without it the stage writes only its
-    manifest and the encoder runs on every batch (the paper profiles: random crops make every tensor new).
+    manifest and the encoder runs on every batch (the paper profiles: random scales, rotations and blur make
+    every tensor new).
     """
 
     memo: bool = False
