@@ -152,6 +152,7 @@ class CocoInstances(SegmentationSource):
         self.categories, images = load_instances(self.annotation_path)
         self.include_crowd = include_crowd
         self._images = sorted(images.values(), key=lambda image: image.file_name)
+        self._pixels: dict[int, dict[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self._images)
@@ -188,16 +189,18 @@ class CocoInstances(SegmentationSource):
 
     def class_pixels(self, index: int) -> dict[int, int]:
         """class id → pixels of the union of its instances (what :meth:`load_mask` draws), from the RLEs
-        without decoding them."""
-        image = self._images[index]
-        rles: dict[int, list[dict]] = {}
-        for instance in self._instances(index):
-            rle = instance_rle(instance, image.height, image.width)
-            rles.setdefault(instance.category_id, []).extend([] if rle is None else [rle])
-        return {
-            class_id: int(mask_utils.area(mask_utils.merge(parts))) if parts else 0
-            for class_id, parts in sorted(rles.items())
-        }
+        without decoding them (kept: every fold's training list asks again)."""
+        if index not in self._pixels:
+            image = self._images[index]
+            rles: dict[int, list[dict]] = {}
+            for instance in self._instances(index):
+                rle = instance_rle(instance, image.height, image.width)
+                rles.setdefault(instance.category_id, []).extend([] if rle is None else [rle])
+            self._pixels[index] = {
+                class_id: int(mask_utils.area(mask_utils.merge(parts))) if parts else 0
+                for class_id, parts in sorted(rles.items())
+            }
+        return self._pixels[index]
 
 
 def fold_pairs(source: CocoInstances, category_ids: Sequence[int], fold: int, novel: bool) -> list[Pair]:
