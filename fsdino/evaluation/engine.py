@@ -75,7 +75,12 @@ def _scored(logits: torch.Tensor, truths: list[torch.Tensor], resolution: Resolu
 
 
 def _predictions(
-    model: Callable, batch: dict, runtime: Runtime, truths: list[torch.Tensor], resolution: Resolution, fusion: str
+    model: Callable,
+    batch: dict,
+    runtime: Runtime,
+    truths: list[torch.Tensor],
+    resolution: Resolution,
+    fusion: ShotFusion,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(H×W bool prediction, H×W float logits) per episode; with ``vote`` the logits are the vote fraction
     minus 0.5 (foreground where ≥ 0)."""
