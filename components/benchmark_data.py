@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fsdino.data.benchmark import Split, evaluation_episodes, open_split, read_manifest
 from fsdino.data.dataset import EpisodeDataset
-from fsdino.data.episodes import Episode, TrainEpisodeSampler
+from fsdino.data.episodes import Episode, EpochUnit, TrainEpisodeSampler
 from fsdino.data.transforms import EvalTransform, TrainTransform
 from fsdino.errors import InputError
 
@@ -45,8 +45,10 @@ class FoldData:
     def test_dataset(self, episodes: list[Episode], image_size: int) -> EpisodeDataset:
         return EpisodeDataset(self.test.source, episodes, EvalTransform(image_size), training=False)
 
-    def train_sampler(self, shot: int, seed: int, episodes_per_epoch: int | None) -> TrainEpisodeSampler:
-        return TrainEpisodeSampler(self.train.pairs, shot, seed=seed, episodes_per_epoch=episodes_per_epoch)
+    def train_sampler(
+        self, shot: int, seed: int, episodes_per_epoch: int | None, unit: EpochUnit = "pairs"
+    ) -> TrainEpisodeSampler:
+        return TrainEpisodeSampler(self.train.pairs, shot, seed=seed, episodes_per_epoch=episodes_per_epoch, unit=unit)
 
     def train_dataset(
         self, sampler: TrainEpisodeSampler, epoch: int, transform: TrainTransform, seed: int

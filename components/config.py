@@ -21,7 +21,9 @@ from components.stage_sa1b import StageSA1BConfig
 from components.stage_synthetic import SyntheticStageConfig
 from components.tracking_config import TrackingConfig
 from fsdino.config import ModelConfig, TeacherConfig, Variant
-from fsdino.data.transforms import TrainTransform
+from fsdino.data.episodes import EpochUnit
+from fsdino.data.transforms import TrainResize, TrainTransform
+from fsdino.evaluation.voting import ShotFusion
 from fsdino.training.config import LoopConfig
 
 BenchmarkKind = Literal["synthetic", "pascal", "coco"]
@@ -124,12 +126,15 @@ class DistillParams(_Section):
 
 
 class AugmentParams(_Section):
-    """Training augmentation (``fsdino.data.transforms.TrainTransform``); defaults are HDMNet's (paper §4.1).
+    """Training augmentation (``fsdino.data.transforms.TrainTransform``); defaults are HDMNet's (paper §4.1):
+    scale, rotate, blur, flip, then a squash to the square (``resize: squash``; ``pad_crop`` is PFENet/BAM's
+    pad and random crop). HDMNet's scale range is 0.9-1.1 for PASCAL-5i and 0.8-1.25 for COCO-20i.
 
     The CPU demo keeps only the horizontal flip, so that every training tensor is one of two views of an
     image and the frozen encoder's features can be computed once (``features.memo``).
     """
 
+    resize: TrainResize = "squash"
     scale_range: tuple[float, float] = (0.9, 1.1)
     rotate_p: float = Field(default=0.5, ge=0, le=1)
     blur_p: float = Field(default=0.5, ge=0, le=1)
@@ -137,7 +142,12 @@ class AugmentParams(_Section):
 
     def transform(self, size: int) -> TrainTransform:
         return TrainTransform(
-            size, scale_range=self.scale_range, rotate_p=self.rotate_p, blur_p=self.blur_p, flip_p=self.flip_p
+            size,
+            resize=self.resize,
+            scale_range=self.scale_range,
+            rotate_p=self.rotate_p,
+            blur_p=self.blur_p,
+            flip_p=self.flip_p,
         )
 
 
@@ -148,6 +158,9 @@ class TrainParams(_Section):
     folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1)
     shots: list[int] = Field(default_factory=lambda: [1, 5], min_length=1)
     init_adapter_from_distillation: bool = True
+    epoch: EpochUnit = Field(
+        default="pairs", description="an epoch: every (image, class) pair once (HSNet) or every image once (HDMNet)"
+    )
     episodes_per_epoch: int | None = Field(default=None, ge=1)
     val_episodes: int = Field(default=100, ge=1)
     keep_decoded: int = Field(
@@ -179,7 +192,8 @@ class FeaturesParams(_Section):
     With ``memo`` the stage encodes every benchmark image in each view that training (flip-only
     augmentation) and evaluation feed the encoder; train and evaluate then look features up by the
     image tensor's bytes (exact), computing only what is missing. Without it the stage writes only its
-    manifest and the encoder runs on every batch (the paper profiles: random crops make every tensor new).
+    manifest and the encoder runs on every batch (the paper profiles: random scales, rotations and blur make
+    every tensor new).
     """
 
     memo: bool = False
@@ -202,6 +216,9 @@ class EvaluateParams(_Section):
     episodes: int = Field(default=1000, ge=1)
     seed: int = 0
     resolution: Literal["original", "input"] = "original"
+    shot_fusion: ShotFusion = Field(
+        default="model", description="K-shot: the model's fused supports, or HSNet's vote over K one-shot passes"
+    )
     batch_size: int = Field(default=8, ge=1)
     overlays: int = Field(default=4, ge=0)
     baseline: bool = True

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from components.benchmark_data import FoldData
@@ -29,7 +30,7 @@ from components.cli import params_main
 from components.config import Params
 from components.crossdomain_config import SHOT
 from components.evaluate import overlay_indices, per_class_table, tuned_baseline, write_overlays
-from fsdino.data.benchmark import Split, evaluation_episodes, open_split
+from fsdino.data.benchmark import Split, evaluation_episodes, open_split, read_manifest
 from fsdino.data.dataset import EpisodeDataset, make_loader
 from fsdino.data.transforms import EvalTransform
 from fsdino.errors import InputError
@@ -70,21 +71,32 @@ class FssScores:
 
 class DavisScores:
     """J, F and J&F-Mean over the objects (``per_object.csv``); a sequence's last frame is predicted but not
-    scored (its first frame is the support, never a query)."""
+    scored (its first frame is the support, never a query). A frame is scored once all its objects are
+    predicted, on their merge into one label map (``fsdino.evaluation.davis.merge_objects``)."""
 
     table_name = "per_object.csv"
 
     def __init__(self, split: Split) -> None:
         source = split.source
         self.last_frame = {source.sequence(index): source.image_id(index) for index in range(len(source))}
+        self.objects = {sequence: source.objects(sequence) for sequence in self.last_frame}
+        self.pending: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         self.meter = DavisMeter()
 
     def update(self, item: EpisodeOutput, image_id: str) -> None:
         sequence = image_id.split("/")[0]
-        if image_id != self.last_frame[sequence]:
-            self.meter.update(f"{sequence}/{item.class_id}", item.prediction.numpy(), item.truth.numpy())
+        if image_id == self.last_frame[sequence]:
+            return
+        frame = self.pending.setdefault(image_id, {})
+        frame[item.class_id] = (item.logits.numpy(), item.truth.numpy())
+        if len(frame) == len(self.objects[sequence]):
+            del self.pending[image_id]
+            logits = {object_id: scores for object_id, (scores, _) in frame.items()}
+            self.meter.update_frame(sequence, logits, {object_id: truth for object_id, (_, truth) in frame.items()})
 
     def result(self) -> tuple[dict[str, Any], pd.DataFrame]:
+        if self.pending:
+            raise InputError(f"DAVIS: frame {sorted(self.pending)[0]} lacks predictions of some of its objects")
         rows = [
             {"sequence": key.split("/")[0], "object": int(key.split("/")[1]), "J": j, "F": f, "JF": (j + f) / 2,
              "frames": len(self.meter.frames[key])}
@@ -150,6 +162,7 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         "trained_on": params.benchmark.kind, "checkpoint": str(checkpoint),
         "episodes": len(episodes), **summary, "seed": params.evaluate.seed,
         "resolution": params.evaluate.resolution, "overlays": overlays, "baseline": baseline_summary,
+        "split_rule": read_manifest(stage_dir).get("split_rule"),  # FSS-1000: HSNet's lists or the seeded rule
     }  # fmt: skip
     write_json_atomic(out_dir / "metrics.json", metrics)
     headline = {k: v for k, v in summary.items() if k in HEADLINE}

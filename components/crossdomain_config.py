@@ -67,13 +67,20 @@ class _TargetParams(_Section):
 
 
 class FssTargetParams(_TargetParams):
-    """FSS-1000: ``root`` holds ``FSS-1000/<class>/<N>.jpg``; ``official_lists`` HSNet's class lists."""
+    """FSS-1000: ``root`` holds ``FSS-1000/<class>/<N>.jpg``; ``official_lists`` HSNet's class lists (default:
+    ``<root>/splits/fss``), which ``require_official_lists`` makes mandatory (no fall-back to the seeded split)."""
 
     official_lists: Path | None = None
+    require_official_lists: bool = False
     synthetic: SyntheticFssParams | None = None
 
     def stage_config(self, out: Path) -> FssStageConfig:
-        return FssStageConfig(root=self.raw_root(out), out=out, official_lists=self.official_lists)
+        return FssStageConfig(
+            root=self.raw_root(out),
+            out=out,
+            official_lists=self.official_lists,
+            require_official_lists=self.require_official_lists,
+        )
 
 
 class DavisTargetParams(_TargetParams):

@@ -113,14 +113,13 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     with runtime(params.train.loop.device, params.train.loop.amp) as rt:
         model.to(rt.device)
         loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
-        meter, kept = evaluate(
-            model, loader, data.novel_classes, rt, resolution=settings.resolution, keep=keep, progress=True
-        )
+        options = {"resolution": settings.resolution, "shot_fusion": settings.shot_fusion}
+        meter, kept = evaluate(model, loader, data.novel_classes, rt, **options, keep=keep, progress=True)
         baseline_summary = None
         if settings.baseline:
             baseline = tuned_baseline(model, data, shot, config.image_size, rt)
             loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
-            base_meter, _ = evaluate(baseline, loader, data.novel_classes, rt, resolution=settings.resolution)
+            base_meter, _ = evaluate(baseline, loader, data.novel_classes, rt, **options)
             baseline_summary = {**base_meter.summary(), "threshold": baseline.threshold}
     out_dir = settings.run_dir(variant, fold, shot)
     table = per_class_table(meter, data.class_names)
@@ -129,7 +128,8 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     overlays = write_overlays(kept, out_dir / "overlays")
     metrics = {
         "dataset": data.test.dataset, "variant": variant, "fold": fold, "shot": shot, **meter.summary(),
-        "seed": settings.seed, "resolution": settings.resolution, "classes": list(data.novel_classes),
+        "seed": settings.seed, "resolution": settings.resolution, "shot_fusion": settings.shot_fusion,
+        "classes": list(data.novel_classes),
         "missing_classes": meter.missing_classes, "baseline": baseline_summary, "overlays": overlays,
     }  # fmt: skip
     write_json_atomic(out_dir / "metrics.json", metrics)

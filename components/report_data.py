@@ -95,6 +95,7 @@ class CrossDomainMetrics(CrossDomainScores):
     trained_on: str
     episodes: int
     baseline: CrossDomainScores | None = None
+    split_rule: str | None = None  # FSS-1000: "official lists (…)" or "seeded rule (seed s)"
 
 
 @dataclass(frozen=True, order=True)

@@ -213,6 +213,12 @@ def crossdomain_section(data: ReportData, per_run: int, max_width: int) -> str:
         "J&amp;F-Mean over the objects, the first frame and its masks as the support, first and last frames "
         "not scored.</p>"
     )
+    seeded = [run.metrics.split_rule for run in data.crossdomain if (run.metrics.split_rule or "").startswith("seeded")]
+    if seeded:
+        note += (
+            f'<p class="note">FSS-1000 classes split by the {esc(seeded[0])}, not HSNet&#x27;s lists: its '
+            "numbers are not comparable with published ones.</p>"
+        )
     return f"<h2>Cross-domain</h2>{note}{plain_table(frame, 'crossdomain-table', caption, formats)}{overlays}"
 
 

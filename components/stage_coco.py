@@ -13,18 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from components.stage_pascal import stage_main
+from components.stage_pascal import TrainListOptions, stage_main
 from fsdino.data import coco
 from fsdino.data.benchmark import write_benchmark
+from fsdino.data.train_lists import filter_train_pairs
 from fsdino.errors import InputError
 
 
-class CocoStageConfig(BaseModel):
-    """``root``: the folder holding ``annotations/``, ``train2014/`` and ``val2014/``."""
-
-    model_config = ConfigDict(extra="forbid")
+class CocoStageConfig(TrainListOptions):
+    """``root``: the folder holding ``annotations/``, ``train2014/`` and ``val2014/`` (and the training-list
+    filters of :class:`~components.stage_pascal.TrainListOptions`)."""
 
     root: Path
     out: Path = Path("data/coco")
@@ -52,7 +52,9 @@ def run(config: CocoStageConfig) -> dict[str, Any]:
     category_ids = list(val.categories)
     splits, options = {}, {}
     for fold in config.folds:
-        splits[f"fold{fold}_train"] = coco.fold_pairs(train, category_ids, fold, novel=False)
+        base_pairs = coco.fold_pairs(train, category_ids, fold, novel=False)
+        novel = coco.fold_category_ids(category_ids, fold)
+        splits[f"fold{fold}_train"] = filter_train_pairs(base_pairs, train, novel, config.train_rule)
         splits[f"fold{fold}_val"] = coco.fold_pairs(val, category_ids, fold, novel=True)
         options[f"fold{fold}_train"] = {"split": "train2014", "include_crowd": config.include_crowd}
         options[f"fold{fold}_val"] = {"split": "val2014", "include_crowd": config.include_crowd}
@@ -67,6 +69,7 @@ def run(config: CocoStageConfig) -> dict[str, Any]:
         num_train_images=len(train),
         num_val_images=len(val),
         include_crowd=config.include_crowd,
+        **config.train_rule.model_dump(),
     )
 
 

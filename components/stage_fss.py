@@ -25,13 +25,15 @@ from fsdino.errors import InputError
 class FssStageConfig(BaseModel):
     """``root``: the folder holding ``FSS-1000/``; ``official_lists``: a folder with HSNet's ``trn.txt``,
     ``val.txt`` and ``test.txt``. When not given, ``<root>/splits/fss/`` is used if it holds the three
-    files; otherwise the seeded rule of ``fsdino.data.fss``."""
+    files; otherwise the seeded rule of ``fsdino.data.fss`` (the demo's), unless ``require_official_lists``
+    (the paper profile), which makes a missing list an error naming the file."""
 
     model_config = ConfigDict(extra="forbid")
 
     root: Path
     out: Path = Path("data/fss")
     official_lists: Path | None = None
+    require_official_lists: bool = False
     seed: int = 0
     check_images: bool = True
 
@@ -45,12 +47,18 @@ def _check_sizes(source: fss.FSS1000) -> None:
 
 
 def official_lists(config: FssStageConfig) -> Path | None:
-    """The folder of HSNet's class lists to use, or ``None`` for the seeded rule."""
+    """The folder of HSNet's class lists to use, or ``None`` for the seeded rule (refused when
+    ``require_official_lists``: the error names the first missing list)."""
+    candidate = config.official_lists or config.root / "splits" / "fss"
+    missing = [candidate / name for name in fss.OFFICIAL_LIST_FILES.values() if not (candidate / name).is_file()]
+    if missing and config.require_official_lists:
+        raise InputError(
+            f"{missing[0]}: HSNet's FSS-1000 class list not found (require_official_lists: no seeded split; "
+            "copy trn.txt, val.txt and test.txt from HSNet's data/splits/fss/)"
+        )
     if config.official_lists is not None:
         return config.official_lists
-    candidate = config.root / "splits" / "fss"
-    present = all((candidate / name).is_file() for name in fss.OFFICIAL_LIST_FILES.values())
-    return candidate if present else None
+    return None if missing else candidate
 
 
 def run(config: FssStageConfig) -> dict[str, Any]:

@@ -23,22 +23,35 @@ from pydantic import BaseModel, ConfigDict, Field
 from components.params import DEFAULT_PARAMS, section_values, validate
 from fsdino.data import pascal
 from fsdino.data.benchmark import write_benchmark
+from fsdino.data.train_lists import TrainListRule, filter_train_pairs
 from fsdino.errors import InputError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 Folds = list[int]
 
 
-class PascalStageConfig(BaseModel):
-    """``root``: the folder holding ``VOC2012/``; ``hsnet_lists``: optional folder with HSNet's
-    ``trn/fold<f>.txt`` and ``val/fold<f>.txt`` to use instead of deriving the pairs from the masks."""
+class TrainListOptions(BaseModel):
+    """HDMNet's training-list filters (``fsdino.data.train_lists``; HDMNet: ``exclude_novel: true``,
+    ``min_object_pixels: 2048``); the defaults keep every pair (HSNet's lists)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    exclude_novel: bool = False
+    min_object_pixels: int = Field(default=0, ge=0)
+
+    @property
+    def train_rule(self) -> TrainListRule:
+        return TrainListRule(exclude_novel=self.exclude_novel, min_object_pixels=self.min_object_pixels)
+
+
+class PascalStageConfig(TrainListOptions):
+    """``root``: the folder holding ``VOC2012/``; ``hsnet_lists``: optional folder with HSNet's
+    ``trn/fold<f>.txt`` and ``val/fold<f>.txt`` to use instead of deriving the pairs from the masks (the
+    training-list filters apply to either)."""
 
     root: Path
     out: Path = Path("data/pascal")
     folds: Folds = Field(default_factory=lambda: [0, 1, 2, 3])
-    exclude_novel: bool = False
     hsnet_lists: Path | None = None
     check_images: bool = True
 
@@ -49,14 +62,15 @@ def write_pascal_benchmark(
     *,
     folds: Sequence[int],
     dataset: str = "pascal",
-    exclude_novel: bool = False,
+    train_rule: TrainListRule | None = None,
     hsnet_lists: Path | None = None,
     check_images: bool = True,
     class_names: Sequence[str] = pascal.VOC_CLASSES,
     **extra: Any,
 ) -> dict[str, Any]:
     """Scan the masks, build every fold's pairs, then write splits and manifest (nothing before the scan
-    has succeeded)."""
+    has succeeded). ``train_rule``: HDMNet's training-list filters (default: none)."""
+    train_rule = train_rule or TrainListRule()
     train_ids, val_ids = pascal.image_sets(root)
     source = pascal.PascalVOC(root, image_ids=sorted(set(train_ids) | set(val_ids)))
     image_classes = pascal.scan_classes(source, check_images=check_images)
@@ -68,7 +82,8 @@ def write_pascal_benchmark(
             if missing:
                 raise InputError(f"{hsnet_lists}: fold {fold} lists image {sorted(missing)[0]!r} absent from {root}")
         else:
-            train, val = pascal.fold_pairs(image_classes, train_ids, val_ids, fold, exclude_novel)
+            train, val = pascal.fold_pairs(image_classes, train_ids, val_ids, fold)
+        train = filter_train_pairs(train, source, pascal.fold_classes(fold), train_rule)
         splits[f"fold{fold}_train"], splits[f"fold{fold}_val"] = train, val
     return write_benchmark(
         out,
@@ -79,7 +94,7 @@ def write_pascal_benchmark(
         folds={str(fold): {"novel": list(pascal.fold_classes(fold))} for fold in folds},
         num_train_images=len(train_ids),
         num_val_images=len(val_ids),
-        exclude_novel=exclude_novel,
+        **train_rule.model_dump(),
         **extra,
     )
 
@@ -89,7 +104,7 @@ def run(config: PascalStageConfig) -> dict[str, Any]:
         config.root,
         config.out,
         folds=config.folds,
-        exclude_novel=config.exclude_novel,
+        train_rule=config.train_rule,
         hsnet_lists=config.hsnet_lists,
         check_images=config.check_images,
     )

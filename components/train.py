@@ -59,7 +59,9 @@ def _validator(params: Params, data: FoldData, shot: int, image_size: int, rt: R
 
     def validate(model: FSDINO) -> dict[str, float]:
         loader = make_loader(dataset, batch_size=params.evaluate.batch_size)
-        meter, _ = evaluate(model, loader, data.novel_classes, rt, resolution=params.evaluate.resolution)
+        settings = params.evaluate
+        options = {"resolution": settings.resolution, "shot_fusion": settings.shot_fusion}
+        meter, _ = evaluate(model, loader, data.novel_classes, rt, **options)
         return meter.summary()
 
     return validate
@@ -78,10 +80,10 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     run_id = fingerprint(
         config, train.loop, train.augment, train.episodes_per_epoch, train.val_episodes, params.evaluate, variant, fold,
         shot,
-        sha256_of(adapter_file) if train.init_adapter_from_distillation else None,
+        sha256_of(adapter_file) if train.init_adapter_from_distillation else None, train.epoch,
     )  # fmt: skip
     work_dir = prepare_work_dir(WORK_DIR / "train" / variant / f"fold{fold}_shot{shot}", run_id)
-    sampler = data.train_sampler(shot, train.loop.seed, train.episodes_per_epoch)
+    sampler = data.train_sampler(shot, train.loop.seed, train.episodes_per_epoch, train.epoch)
     size = config.image_size
     transform = train.augment.transform(size)
     memo = attach_memo(params, model.encoder)

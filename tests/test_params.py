@@ -72,6 +72,35 @@ def test_every_shipped_profile_validates(name):
         assert rendered["distill"]["teacher"]["arch"] == "vit_h" and rendered["evaluate"]["episodes"] == 1000
 
 
+@pytest.mark.parametrize(("name", "scale_range"), [("paper-pascal", [0.9, 1.1]), ("paper-coco", [0.8, 1.25])])
+def test_paper_profiles_render_hdmnets_recipe(name, scale_range):
+    from components.profile import PROFILES, render
+
+    rendered = yaml.safe_load(render(name))
+    for loop in (rendered["distill"]["loop"], rendered["train"]["loop"]):
+        assert (loop["schedule"], loop["power"], loop["warmup_steps"], loop["lr"]) == ("poly", 0.9, 0, 0.001)
+        assert loop["weight_decay"] == 0.01
+    augment = rendered["train"]["augment"]
+    assert augment == {"resize": "squash", "scale_range": scale_range, "rotate_p": 0.5, "blur_p": 0.5, "flip_p": 0.5}
+    stage = rendered["benchmark"][rendered["benchmark"]["kind"]]
+    assert (stage["exclude_novel"], stage["min_object_pixels"]) == (True, 2048)
+    assert rendered["train"]["epoch"] == "images" and rendered["evaluate"]["shot_fusion"] == "model"
+    if name == "paper-coco":
+        assert rendered["crossdomain"]["fss"]["require_official_lists"] is True
+    assert "1000 test episodes per fold is HSNet's and HDMNet's protocol (the paper gives no number)" in " ".join(
+        line.lstrip("# ") for line in (PROFILES / f"{name}.yaml").read_text().splitlines() if line.startswith("#")
+    )
+
+
+def test_the_demo_keeps_its_own_recipe():
+    from components.profile import render
+
+    rendered = yaml.safe_load(render("demo"))
+    assert rendered["train"]["loop"]["schedule"] == "cosine" and rendered["distill"]["loop"]["schedule"] == "constant"
+    assert rendered["train"]["augment"]["resize"] == "pad_crop" and rendered["train"]["epoch"] == "pairs"
+    assert rendered["benchmark"]["kind"] == "synthetic" and rendered["crossdomain"]["fss"]["root"] is None
+
+
 def test_committed_params_yaml_is_the_rendered_demo_profile():
     from components.profile import render
 

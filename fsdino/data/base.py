@@ -50,6 +50,14 @@ class SegmentationSource(ABC):
     def classes_in(self, index: int) -> tuple[int, ...]:
         """Sorted ids of the classes present in image ``index`` (never 0 or 255)."""
 
+    def class_pixels(self, index: int) -> dict[int, int]:
+        """class id → its pixels in image ``index`` (every class of :meth:`classes_in`; ignore not counted).
+
+        Reads each class's mask; sources with a label map override it to read the file once.
+        """
+        classes = self.classes_in(index)
+        return {class_id: int((self.load_mask(index, class_id) == FOREGROUND).sum()) for class_id in classes}
+
     def index_of(self, image_id: str) -> int:
         """Inverse of :meth:`image_id`; an unknown id is an :class:`InputError`."""
         if self._index_by_id is None:

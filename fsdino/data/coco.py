@@ -109,18 +109,22 @@ def load_instances(path: Path | str) -> tuple[dict[int, str], dict[int, CocoImag
     return dict(sorted(categories.items())), images
 
 
-def render_instance(instance: Instance, height: int, width: int) -> np.ndarray:
-    """H×W uint8 {0, 1} mask of one annotation."""
+def instance_rle(instance: Instance, height: int, width: int) -> dict | None:
+    """One annotation as a compressed RLE (``None``: polygons with fewer than 3 points, an empty mask)."""
     segmentation = instance.segmentation
     if isinstance(segmentation, list):
         polygons = [polygon for polygon in segmentation if len(polygon) >= 6]
-        if not polygons:
-            return np.zeros((height, width), dtype=np.uint8)
-        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    elif isinstance(segmentation["counts"], list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = {"size": segmentation["size"], "counts": segmentation["counts"]}
+        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)) if polygons else None
+    if isinstance(segmentation["counts"], list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return {"size": segmentation["size"], "counts": segmentation["counts"]}
+
+
+def render_instance(instance: Instance, height: int, width: int) -> np.ndarray:
+    """H×W uint8 {0, 1} mask of one annotation."""
+    rle = instance_rle(instance, height, width)
+    if rle is None:
+        return np.zeros((height, width), dtype=np.uint8)
     with warnings.catch_warnings():
         # pycocotools 2.0.x under numpy 2 warns about ``__array__(copy=...)`` on every decode; harmless.
         warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
@@ -148,6 +152,7 @@ class CocoInstances(SegmentationSource):
         self.categories, images = load_instances(self.annotation_path)
         self.include_crowd = include_crowd
         self._images = sorted(images.values(), key=lambda image: image.file_name)
+        self._pixels: dict[int, dict[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self._images)
@@ -181,6 +186,21 @@ class CocoInstances(SegmentationSource):
 
     def classes_in(self, index: int) -> tuple[int, ...]:
         return tuple(sorted({instance.category_id for instance in self._instances(index)}))
+
+    def class_pixels(self, index: int) -> dict[int, int]:
+        """class id → pixels of the union of its instances (what :meth:`load_mask` draws), from the RLEs
+        without decoding them (kept: every fold's training list asks again)."""
+        if index not in self._pixels:
+            image = self._images[index]
+            rles: dict[int, list[dict]] = {}
+            for instance in self._instances(index):
+                rle = instance_rle(instance, image.height, image.width)
+                rles.setdefault(instance.category_id, []).extend([] if rle is None else [rle])
+            self._pixels[index] = {
+                class_id: int(mask_utils.area(mask_utils.merge(parts))) if parts else 0
+                for class_id, parts in sorted(rles.items())
+            }
+        return self._pixels[index]
 
 
 def fold_pairs(source: CocoInstances, category_ids: Sequence[int], fold: int, novel: bool) -> list[Pair]:

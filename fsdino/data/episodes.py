@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -93,36 +93,68 @@ def every_query_episodes(pairs: Sequence[Pair], shot: int, seed: int = 0) -> lis
     ]
 
 
+#: What one training epoch walks once: every (image, class) pair (HSNet's) or every image (HDMNet's).
+EpochUnit = Literal["pairs", "images"]
+
+
 class TrainEpisodeSampler:
-    """Training episodes over the base-class pairs: each epoch is a seeded permutation of the pairs as
-    queries (or ``episodes_per_epoch`` of them, cycling), each with fresh random supports.
+    """Training episodes over the base-class pairs: each epoch is a seeded permutation of the queries (or
+    ``episodes_per_epoch`` of them, cycling), each with fresh random supports.
 
     Args:
         pairs: the fold's train (image, base class) pairs.
         shot: K supports per episode.
         seed: base seed; epoch e draws from ``default_rng([seed, e])``.
-        episodes_per_epoch: default: one episode per usable pair.
+        episodes_per_epoch: default: one episode per query unit.
+        unit: ``"pairs"``: every usable pair is a query once per epoch (HSNet); ``"images"``: every image
+            with a usable pair is a query once, its class drawn uniformly among its pairs (HDMNet's
+            ``SemData``: one item per image of the list, a random class of it).
     """
 
-    def __init__(self, pairs: Sequence[Pair], shot: int, seed: int = 0, episodes_per_epoch: int | None = None) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        shot: int,
+        seed: int = 0,
+        episodes_per_epoch: int | None = None,
+        unit: EpochUnit = "pairs",
+    ) -> None:
         _check_shot(shot)
+        if unit not in ("pairs", "images"):
+            raise InputError(f"epoch unit: expected 'pairs' or 'images', got {unit!r}")
         self.classes = _ClassImages(pairs)
         self.pairs = self.classes.usable(pairs)
-        self.shot, self.seed = shot, seed
-        self.episodes_per_epoch = episodes_per_epoch or len(self.pairs)
+        self.shot, self.seed, self.unit = shot, seed, unit
+        self.image_classes: dict[str, list[int]] = {}
+        for image_id, class_id in self.pairs:
+            self.image_classes.setdefault(image_id, []).append(class_id)
+        self.images = list(self.image_classes)
+        units = len(self.pairs) if unit == "pairs" else len(self.images)
+        self.episodes_per_epoch = episodes_per_epoch or units
 
     def __len__(self) -> int:
         return self.episodes_per_epoch
 
+    def _queries(self, rng: np.random.Generator) -> list[Pair]:
+        """One epoch's (query, class) list: a permutation of the units, repeated to ``episodes_per_epoch``."""
+        units = len(self.pairs) if self.unit == "pairs" else len(self.images)
+        repeats = -(-self.episodes_per_epoch // units)
+        order = np.concatenate([rng.permutation(units) for _ in range(repeats)])[: self.episodes_per_epoch]
+        if self.unit == "pairs":
+            return [self.pairs[int(position)] for position in order]
+        queries = []
+        for position in order:
+            image_id = self.images[int(position)]
+            classes = self.image_classes[image_id]
+            queries.append((image_id, classes[int(rng.integers(len(classes)))]))
+        return queries
+
     def episodes(self, epoch: int) -> list[Episode]:
         rng = np.random.default_rng([self.seed, epoch])
-        repeats = -(-self.episodes_per_epoch // len(self.pairs))
-        order = np.concatenate([rng.permutation(len(self.pairs)) for _ in range(repeats)])
-        episodes = []
-        for position in order[: self.episodes_per_epoch]:
-            query_id, class_id = self.pairs[int(position)]
-            episodes.append(Episode(query_id, class_id, self.classes.supports(rng, query_id, class_id, self.shot)))
-        return episodes
+        return [
+            Episode(query_id, class_id, self.classes.supports(rng, query_id, class_id, self.shot))
+            for query_id, class_id in self._queries(rng)
+        ]
 
 
 def format_episodes(episodes: Sequence[Episode]) -> str:

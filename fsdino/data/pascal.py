@@ -11,7 +11,8 @@ on the other 15 classes on the train images. A pair (image, class) is in a list 
 least one pixel in the image, as in HSNet's lists, whose val lists pair an image with every novel class
 in it and whose train lists pair it with every base class in it: an image whose only labels are novel
 classes therefore never enters a train list, while one that also shows a base class does, with the
-novel pixels as background. ``exclude_novel=True`` drops those too (PFENet's stricter filter).
+novel pixels as background. HDMNet's stricter lists (no image with a novel class, no class under 2,048
+pixels) are ``fsdino.data.train_lists``.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class PascalVOC(SegmentationSource):
         if image_ids is None:
             image_ids = sorted(path.stem for path in (self.voc / "SegmentationClassAug").glob("*.png"))
         self._ids = list(image_ids)
-        self._classes: dict[int, tuple[int, ...]] = {}
+        self._pixels: dict[int, dict[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -126,10 +127,15 @@ class PascalVOC(SegmentationSource):
         return binary_mask(labels, class_id, ignore=labels == IGNORE)
 
     def classes_in(self, index: int) -> tuple[int, ...]:
-        if index not in self._classes:
-            values = np.unique(self.load_labels(index))
-            self._classes[index] = tuple(int(v) for v in values if v not in (0, IGNORE))
-        return self._classes[index]
+        return tuple(self.class_pixels(index))
+
+    def class_pixels(self, index: int) -> dict[int, int]:
+        """class id → pixels, in class order, from one read of the mask (kept: the scan fills it once)."""
+        if index not in self._pixels:
+            counts = np.bincount(self.load_labels(index).ravel(), minlength=NUM_CLASSES + 1)
+            present = [class_id for class_id in range(1, NUM_CLASSES + 1) if counts[class_id]]
+            self._pixels[index] = {class_id: int(counts[class_id]) for class_id in present}
+        return self._pixels[index]
 
     def check_sizes(self, index: int) -> None:
         """Raise :class:`InputError` unless image and mask files have the same size (headers only)."""
@@ -147,20 +153,14 @@ def scan_classes(source: PascalVOC, check_images: bool = True) -> dict[str, tupl
 
 
 def fold_pairs(
-    image_classes: dict[str, tuple[int, ...]],
-    train_ids: Iterable[str],
-    val_ids: Iterable[str],
-    fold: int,
-    exclude_novel: bool = False,
+    image_classes: dict[str, tuple[int, ...]], train_ids: Iterable[str], val_ids: Iterable[str], fold: int
 ) -> tuple[list[Pair], list[Pair]]:
-    """(train pairs over base classes, val pairs over novel classes) of ``fold``, each sorted."""
+    """(train pairs over base classes, val pairs over novel classes) of ``fold``, each sorted (HSNet's rule:
+    every class with a pixel; ``fsdino.data.train_lists`` filters the train pairs further)."""
     novel, base = set(fold_classes(fold)), set(base_classes(fold))
     train: list[Pair] = []
     for image_id in train_ids:
-        present = set(image_classes[image_id])
-        if exclude_novel and present & novel:
-            continue
-        train.extend((image_id, class_id) for class_id in present & base)
+        train.extend((image_id, class_id) for class_id in set(image_classes[image_id]) & base)
     val = [(image_id, class_id) for image_id in val_ids for class_id in set(image_classes[image_id]) & novel]
     return sort_pairs(train), sort_pairs(val)
 

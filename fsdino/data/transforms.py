@@ -1,28 +1,43 @@
-"""Image/mask transforms: HDMNet's training augmentations and the evaluation resize.
+"""Image/mask transforms: the training augmentations (HDMNet's, or PFENet/BAM's pad-and-crop) and the
+evaluation resize.
 
 Both take an H×W×3 uint8 image and an H×W uint8 mask ({0, 1, 255}) and return a 3×S×S float32 image
 in [0, 1] (not normalised: the model normalises) and an S×S int64 mask. Masks are only ever resampled
 by nearest neighbour and padded with 255, so no label value appears that was not in the input.
 
-Training (paper §4.1 uses HDMNet's augmentations, i.e. PFENet's ``RandScale`` 0.9-1.1, ``RandRotate``
-±10° with p=0.5, Gaussian blur with p=0.5, horizontal flip with p=0.5, then a random S×S crop after
-padding): our one addition is ``fit_long_side`` (default on), which folds a resize of the long side to S
-into the random scale, so that 128-px synthetic images and 500-px VOC images both fill the crop. Image
-padding uses the ImageNet mean colour, which the model's normalisation maps to 0.
+Training (paper §4.1: "the same data augmentations … with [23]", HDMNet, whose ``train.py`` composes
+``RandScale`` → ``RandRotate`` (±10°, p 0.5, image padded with the ImageNet mean, label with 255) →
+``RandomGaussianBlur`` (5×5, p 0.5) → ``RandomHorizontalFlip`` → ``Resize``), then one of two endings:
+
+* ``resize="squash"`` (HDMNet's): resize straight to S×S, aspect ratio not kept, no padding, no crop,
+  exactly as :class:`EvalTransform` (HDMNet's ``resized_val``), so training and test geometry agree.
+  With a squash at the end the random scale changes no object's size in the output, only the resolution
+  at which rotation and blur act (as in HDMNet).
+* ``resize="pad_crop"`` (PFENet's and BAM's): pad to S×S with the mean colour / 255, then a random S×S
+  crop, re-drawn up to 30 times while it keeps < 85% of the foreground. Our one addition,
+  ``fit_long_side`` (default on), folds a resize of the long side to S into the random scale, so that
+  128-px synthetic images and 500-px VOC images both fill the crop.
+
+Image padding uses the ImageNet mean colour, which the model's normalisation maps to 0.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from fsdino.data.base import FOREGROUND, IGNORE
 
 #: ImageNet mean RGB in 0-255, the padding colour of images.
 PAD_COLOUR = (124, 116, 104)
+#: How a training transform ends: HDMNet's direct resize, or PFENet/BAM's pad and random crop.
+TrainResize = Literal["squash", "pad_crop"]
+#: OpenCV's 5-tap Gaussian for sigma ≤ 0 (``cv2.GaussianBlur(image, (5, 5), 0)``, HDMNet's blur).
+BLUR_TAPS = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32) / 16.0
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +58,16 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
 
 
+def gaussian_blur_5x5(image: np.ndarray) -> np.ndarray:
+    """H×W×3 uint8 → H×W×3 uint8 blurred as ``cv2.GaussianBlur(image, (5, 5), 0)``: the binomial taps
+    [1 4 6 4 1]/16 along each axis, borders reflected without repeating the edge (OpenCV's default)."""
+    padded = np.pad(image.astype(np.float32), ((2, 2), (2, 2), (0, 0)), mode="reflect")
+    height, width = image.shape[:2]
+    rows = sum(tap * padded[offset : offset + height] for offset, tap in enumerate(BLUR_TAPS))
+    blurred = sum(tap * rows[:, offset : offset + width] for offset, tap in enumerate(BLUR_TAPS))
+    return np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
+
+
 @dataclass(frozen=True)
 class EvalTransform:
     """Resize image (bilinear) and mask (nearest) to size×size; the caller keeps the original mask."""
@@ -57,20 +82,22 @@ class EvalTransform:
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Random scale, rotate, blur, flip, pad and crop to size×size (HDMNet's recipe, module docstring).
+    """Random scale, rotate, blur, flip, then a squash to size×size or a pad and random crop (module docstring).
 
     Args:
         size: output side S.
+        resize: ``"squash"`` (HDMNet's direct resize) or ``"pad_crop"`` (PFENet/BAM's pad and random crop).
         scale_range: random scale factor range.
         rotate_range: rotation range in degrees, applied with probability ``rotate_p``.
         flip_p: probability of a horizontal flip.
-        blur_p: probability of a Gaussian blur (σ ≈ 1.1, OpenCV's for a 5×5 kernel).
-        fit_long_side: scale relative to the factor that makes the long side S.
-        keep_fraction: retry the crop (up to ``crop_tries``) while it keeps less than this fraction of
-            the foreground pixels, so that a crop rarely loses the object.
+        blur_p: probability of OpenCV's 5×5 Gaussian blur (:func:`gaussian_blur_5x5`).
+        fit_long_side: ``pad_crop`` only: scale relative to the factor that makes the long side S.
+        keep_fraction: ``pad_crop`` only: retry the crop (up to ``crop_tries``) while it keeps less than
+            this fraction of the foreground pixels, so that a crop rarely loses the object.
     """
 
     size: int
+    resize: TrainResize = "squash"
     scale_range: tuple[float, float] = (0.9, 1.1)
     rotate_range: tuple[float, float] = (-10.0, 10.0)
     rotate_p: float = 0.5
@@ -93,7 +120,8 @@ class TrainTransform:
     def flip_only(self) -> bool:
         """True when a horizontal flip is the only random choice (no scale, rotation, blur or random crop)."""
         fixed_scale = self.scale_range[0] == self.scale_range[1] == 1.0
-        return fixed_scale and self.fit_long_side and self.rotate_p == 0 and self.blur_p == 0
+        whole_image = self.resize == "squash" or self.fit_long_side  # no random crop
+        return fixed_scale and whole_image and self.rotate_p == 0 and self.blur_p == 0
 
     def views(self, image: np.ndarray, mask: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every output this transform can produce for one pair: [unflipped, flipped] (``flip_only`` only).
@@ -116,14 +144,18 @@ class TrainTransform:
         rng: np.random.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = mask.shape
-        factor = scale * (self.size / max(height, width) if self.fit_long_side else 1.0)
-        image, mask = resize_pair(image, mask, max(1, round(height * factor)), max(1, round(width * factor)))
+        fit = self.resize == "pad_crop" and self.fit_long_side
+        factor = scale * (self.size / max(height, width) if fit else 1.0)
+        if factor != 1.0:
+            image, mask = resize_pair(image, mask, max(1, round(height * factor)), max(1, round(width * factor)))
         if angle is not None:
             image, mask = self._rotate(image, mask, angle)
         if blur:
-            image = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius=1.1)))
+            image = gaussian_blur_5x5(image)
         if flip:
             image, mask = image[:, ::-1], mask[:, ::-1]
+        if self.resize == "squash":
+            return to_tensors(*resize_pair(image, mask, self.size, self.size))
         image, mask = self._pad(image, mask)
         image, mask = self._crop(image, mask, rng)
         return to_tensors(image, mask)

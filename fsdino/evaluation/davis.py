@@ -7,6 +7,9 @@ evaluation defines them), aggregated into J&F-Mean.
   854×480); precision and recall from the matched boundary pixels; both boundaries empty → 1, one
   empty → 0.
 * First and last frames are excluded; per object, mean over frames; means over objects; J&F = (J+F)/2.
+* The official toolkit scores one indexed PNG per frame, so an object's mask is its pixels in the frame's
+  single label map: a model that segments each object separately must merge its masks first
+  (:func:`merge_objects`: highest logit wins, background where no object's logit is positive).
 """
 
 from __future__ import annotations
@@ -100,6 +103,25 @@ def frame_scores(prediction: np.ndarray, truth: np.ndarray, void: int = 255) -> 
     return region_similarity(prediction & keep, truth == 1), boundary_f_measure(prediction & keep, truth == 1)
 
 
+def merge_objects(logits: Mapping[int, np.ndarray]) -> np.ndarray:
+    """One frame's per-object predictions → its label map, as the official evaluation reads it.
+
+    Args:
+        logits: object id → H×W logits of that object (foreground where > 0).
+
+    Returns:
+        H×W int64 label map: at each pixel the object with the highest logit, 0 where no logit is positive
+        (ties go to the smaller object id).
+    """
+    if not logits:
+        raise ValueError("no objects to merge")
+    object_ids = sorted(logits)
+    stacked = np.stack([np.asarray(logits[object_id], dtype=np.float32) for object_id in object_ids])
+    labels = np.asarray(object_ids, dtype=np.int64)[stacked.argmax(axis=0)]
+    labels[stacked.max(axis=0) <= 0] = 0
+    return labels
+
+
 class DavisMeter:
     """Accumulates per-frame (J, F) per object and aggregates them into J-Mean, F-Mean and J&F-Mean.
 
@@ -111,9 +133,21 @@ class DavisMeter:
         self.frames: dict[str, list[tuple[float, float]]] = {}
 
     def update(self, object_key: str, prediction: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+        """Score one object's H×W bool mask in one frame (already free of overlaps with other objects)."""
         scores = frame_scores(np.asarray(prediction, dtype=bool), truth)
         self.frames.setdefault(object_key, []).append(scores)
         return scores
+
+    def update_frame(
+        self, sequence: str, logits: Mapping[int, np.ndarray], truths: Mapping[int, np.ndarray]
+    ) -> dict[int, tuple[float, float]]:
+        """Merge one frame's per-object logits (H×W each) into its label map and score every object
+        (``truths``: object id → H×W {0, 1, 255}); object keys are ``<sequence>/<object id>``."""
+        labels = merge_objects(logits)
+        return {
+            object_id: self.update(f"{sequence}/{object_id}", labels == object_id, truths[object_id])
+            for object_id in sorted(logits)
+        }
 
     def object_scores(self) -> dict[str, tuple[float, float]]:
         """object key → (mean J, mean F) over its scored frames."""

@@ -2,7 +2,9 @@
 
 Predictions are compared at the query's original mask resolution by default (logits upsampled
 bilinearly, threshold 0, 255 ignored); ``resolution="input"`` compares at the network's input size
-against the nearest-resized mask instead.
+against the nearest-resized mask instead. K-shot episodes are predicted by the model's own fusion of
+the K supports, or with ``shot_fusion="vote"`` by HSNet's vote over K one-shot predictions, each
+brought to the scored resolution first (``fsdino.evaluation.voting``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from fsdino.evaluation.metrics import SegmentationMeter
+from fsdino.evaluation.voting import VOTE_THRESHOLD, ShotFusion, vote_fraction
 from fsdino.training.runtime import Runtime
 
 Resolution = Literal["original", "input"]
@@ -43,9 +46,50 @@ class EpisodeOutput(NamedTuple):
     index: int  # the episode's position in the evaluation list
     class_id: int
     truth: torch.Tensor  # H×W {0, 1, 255}, on the CPU
-    prediction: torch.Tensor  # H×W bool, on the CPU
+    prediction: torch.Tensor  # H×W bool, on the CPU: logits > 0
+    logits: torch.Tensor  # H×W float32, on the CPU, at the scored resolution (to merge objects of a frame)
     batch: dict  # the collated batch it came from
     position: int  # its row in ``batch``
+
+
+def _logits(model: Callable, batch: dict, runtime: Runtime, shots: slice = slice(None)) -> torch.Tensor:
+    """B×1×S×S float32 logits of the batch's queries given its supports ``shots``."""
+    device = runtime.device
+    with runtime.autocast():
+        output = model(
+            batch["query_image"].to(device),
+            batch["support_images"][:, shots].to(device),
+            support_foreground(batch["support_masks"][:, shots]).to(device),
+        )
+    return output.mask_logits.float()
+
+
+def _scored(logits: torch.Tensor, truths: list[torch.Tensor], resolution: Resolution) -> list[torch.Tensor]:
+    """B×1×S×S logits → B H×W logits at each truth's size (``original``) or as they are (``input``)."""
+    if resolution == "input":
+        return list(logits[:, 0])
+    return [
+        F.interpolate(item[None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0]
+        for item, truth in zip(logits, truths, strict=True)
+    ]
+
+
+def _predictions(
+    model: Callable,
+    batch: dict,
+    runtime: Runtime,
+    truths: list[torch.Tensor],
+    resolution: Resolution,
+    fusion: ShotFusion,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(H×W bool prediction, H×W float logits) per episode; with ``vote`` the logits are the vote fraction
+    minus 0.5 (foreground where ≥ 0)."""
+    shots = batch["support_images"].shape[1]
+    if fusion == "model" or shots == 1:
+        return [(item > 0, item) for item in _scored(_logits(model, batch, runtime), truths, resolution)]
+    per_shot = [_scored(_logits(model, batch, runtime, slice(k, k + 1)), truths, resolution) for k in range(shots)]
+    fractions = [vote_fraction([masks[row] > 0 for masks in per_shot]) for row in range(len(truths))]
+    return [(fraction >= VOTE_THRESHOLD, fraction - VOTE_THRESHOLD) for fraction in fractions]
 
 
 @torch.no_grad()
@@ -55,6 +99,7 @@ def predict(
     runtime: Runtime,
     *,
     resolution: Resolution = "original",
+    shot_fusion: ShotFusion = "model",
     progress: bool = False,
 ) -> Iterator[EpisodeOutput]:
     """Run ``model`` (query, supports, support masks → output with ``mask_logits``) over episode batches.
@@ -64,29 +109,18 @@ def predict(
         batches: from ``fsdino.data.dataset.make_loader`` over an evaluation ``EpisodeDataset``.
         runtime: device and autocast.
         resolution: where to compare (module docstring).
+        shot_fusion: ``model`` (one forward with the K supports) or ``vote`` (HSNet: one forward per support).
         progress: show a progress bar.
     """
-    device = runtime.device
+    if shot_fusion not in ("model", "vote"):
+        raise ValueError(f"shot_fusion: expected 'model' or 'vote', got {shot_fusion!r}")
     for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
-        with runtime.autocast():
-            output = model(
-                batch["query_image"].to(device),
-                batch["support_images"].to(device),
-                support_foreground(batch["support_masks"]).to(device),
-            )
-        logits = output.mask_logits.float()
-        if resolution == "input":
-            truths = list(batch["query_mask"])
-            predictions = list(logits[:, 0] > 0)
-        else:
-            truths = batch["query_mask_original"]
-            predictions = [
-                F.interpolate(item[None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0] > 0
-                for item, truth in zip(logits, truths, strict=True)
-            ]
+        truths = list(batch["query_mask"]) if resolution == "input" else list(batch["query_mask_original"])
+        predictions = _predictions(model, batch, runtime, truths, resolution, shot_fusion)
         classes = batch["class_id"].tolist()
-        for position, (prediction, truth, class_id) in enumerate(zip(predictions, truths, classes, strict=True)):
-            yield EpisodeOutput(int(batch["index"][position]), class_id, truth.cpu(), prediction.cpu(), batch, position)
+        for position, ((mask, logits), truth, class_id) in enumerate(zip(predictions, truths, classes, strict=True)):
+            index = int(batch["index"][position])
+            yield EpisodeOutput(index, class_id, truth.cpu(), mask.cpu(), logits.cpu(), batch, position)
 
 
 def kept_prediction(item: EpisodeOutput) -> Prediction:
@@ -105,13 +139,14 @@ def score(
     update: Callable[[EpisodeOutput], object],
     *,
     resolution: Resolution = "original",
+    shot_fusion: ShotFusion = "model",
     keep: set[int] | None = None,
     progress: bool = False,
 ) -> list[Prediction]:
     """Predict every episode (arguments as :func:`predict`) and hand each to ``update`` as it comes, keeping
     no mask; returns the predictions of the episodes whose indices are in ``keep`` (for overlays)."""
     kept: list[Prediction] = []
-    for item in predict(model, batches, runtime, resolution=resolution, progress=progress):
+    for item in predict(model, batches, runtime, resolution=resolution, shot_fusion=shot_fusion, progress=progress):
         update(item)
         if keep and item.index in keep:
             kept.append(kept_prediction(item))
@@ -125,6 +160,7 @@ def evaluate(
     runtime: Runtime,
     *,
     resolution: Resolution = "original",
+    shot_fusion: ShotFusion = "model",
     keep: set[int] | None = None,
     progress: bool = False,
 ) -> tuple[SegmentationMeter, list[Prediction]]:
@@ -139,4 +175,5 @@ def evaluate(
     def update(item: EpisodeOutput) -> None:
         meter.update(item.prediction[None], item.truth[None], [item.class_id])
 
-    return meter, score(model, batches, runtime, update, resolution=resolution, keep=keep, progress=progress)
+    options = {"resolution": resolution, "shot_fusion": shot_fusion, "keep": keep, "progress": progress}
+    return meter, score(model, batches, runtime, update, **options)

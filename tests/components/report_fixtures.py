@@ -128,6 +128,7 @@ def write_crossdomain(outputs: Path, target: str, overlays: int = 1) -> None:
         "dataset": target, "split": "test" if target == "fss" else "val", "variant": "full", "fold": 0, "shot": 1,
         "trained_on": "coco", "episodes": 12, **CROSSDOMAIN[target], "seed": 0,
         "baseline": {**CROSSDOMAIN_BASELINE[target], "threshold": 0.4},
+        "split_rule": "seeded rule (seed 0)" if target == "fss" else None,
     }  # fmt: skip
     write_json(folder / "metrics.json", metrics)
     for index in range(overlays):

@@ -12,14 +12,17 @@ import pytest
 import torch
 import yaml
 
-from components import crossdomain, stage_benchmark, stage_crossdomain
+from components import crossdomain, stage_benchmark, stage_crossdomain, stage_davis
 from components.config import Params
 from components.params import validate
 from components.profile import PROFILES, render
 from fsdino.checkpoints import save_checkpoint
+from fsdino.data.benchmark import open_split
 from fsdino.errors import InputError
+from fsdino.evaluation.engine import EpisodeOutput
 from fsdino.models.build import build_fsdino
 from tests.conftest import tiny_config
+from tests.data.mini_datasets import make_davis, make_fss
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / PROFILES  # tests change the working folder
 
@@ -59,6 +62,7 @@ def test_fss_is_staged_and_scored(workspace: Params) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "fss" and metrics["split"] == "test" and metrics["shot"] == 1
     assert metrics["classes"] == 3 and metrics["trained_on"] == "synthetic"
+    assert metrics["split_rule"] == "seeded rule (seed 0)"  # the demo's split, which the report names
     assert set(metrics["baseline"]) == {"miou", "fb_iou", "classes", "threshold"}
     table = pd.read_csv(out / "per_class.csv")
     assert len(table) == 3 and table["episodes"].sum() == 9
@@ -79,6 +83,34 @@ def test_davis_is_staged_and_scored_without_first_and_last_frames(workspace: Par
     assert 0 <= result["baseline_J&F"] <= 1
 
 
+def _davis_output(split, pair: tuple[str, int], logits: torch.Tensor) -> EpisodeOutput:
+    source = split.source
+    truth = torch.from_numpy(source.load_mask(source.index_of(pair[0]), pair[1])).long()
+    return EpisodeOutput(0, pair[1], truth, logits > 0, logits, {}, 0)
+
+
+def test_davis_frames_are_merged_into_one_label_map_before_scoring(tmp_path: Path) -> None:
+    stage_davis.run(stage_davis.DavisStageConfig(root=make_davis(tmp_path / "DAVIS"), out=tmp_path / "davis"))
+    split = open_split(tmp_path / "davis", "val")
+    scores = crossdomain.DavisScores(split)
+    everywhere = torch.full((24, 32), 5.0)  # object 1 claims the whole frame, confidently
+    for image_id, object_id in reversed(split.pairs):  # any order: a frame is scored once it is complete
+        truth = split.source.load_mask(split.source.index_of(image_id), object_id)
+        logits = everywhere if object_id == 1 else torch.where(torch.from_numpy(truth) == 1, 1.0, -1.0)
+        scores.update(_davis_output(split, (image_id, object_id), logits), image_id)
+    summary, table = scores.result()
+    # object 2 predicted exactly but less confidently loses every pixel: J = 0 and F = 0 in every scored frame
+    # (bears frames 1-2, dogs-jump frame 1; last frames not scored), where scored alone it had J = F = 1
+    objects = table.set_index(["sequence", "object"])
+    assert objects.loc[("bears", 2), "J"] == 0.0 and objects.loc[("dogs-jump", 2), "F"] == 0.0
+    assert objects.loc[("bears", 2), "frames"] == 2 and objects.loc[("dogs-jump", 2), "frames"] == 1
+    assert 0 < objects.loc[("bears", 1), "J"] < 0.1 and summary["objects"] == 4
+    incomplete = crossdomain.DavisScores(split)
+    incomplete.update(_davis_output(split, split.pairs[0], everywhere), split.pairs[0][0])
+    with pytest.raises(InputError, match="lacks predictions of some of its objects"):
+        incomplete.result()
+
+
 def test_errors_name_what_is_missing(workspace: Params, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="manifest not found"):
         crossdomain.run(workspace, argparse.Namespace(target="fss"))
@@ -96,6 +128,24 @@ def test_main_exits_2_with_one_line(workspace: Params, tmp_path: Path, capsys: p
     assert crossdomain.main(["--target", "davis", "--params", str(params_file)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "manifest not found" in error and "\n" not in error
+
+
+def test_the_paper_profile_stops_without_hsnets_fss_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    values = yaml.safe_load(render("paper-coco", PROFILE_DIR))
+    assert values["crossdomain"]["fss"]["require_official_lists"] is True
+    values["crossdomain"]["fss"]["root"] = str(make_fss(tmp_path / "fss"))  # FSS-1000 without its lists
+    values["tracking"] = {"enabled": False}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
+    assert stage_crossdomain.main(["--target", "fss", "--params", "params.yaml"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"error: {tmp_path / 'fss' / 'splits' / 'fss' / 'trn.txt'}: HSNet's FSS-1000 class list not found "
+        "(require_official_lists: no seeded split; copy trn.txt, val.txt and test.txt from HSNet's data/splits/fss/)"
+    )
+    assert not Path("outputs/data/fss/manifest.json").exists()
 
 
 def test_config_rules() -> None:

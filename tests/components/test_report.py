@@ -149,6 +149,7 @@ def test_page_tables_hold_the_numbers(rendered: tuple[Path, dict]) -> None:
     assert cross.rows[1] == ["FS-DINO (full), trained on coco fold 0, 1-shot", "44.0", "41.0", "47.0", "71.2", "80.0"]
     assert cross.rows[2][1:] == ["22.5", "20.0", "25.0", "30.0", "50.0"] and cross.rows[2][0].startswith("Baseline")
     assert "Mini &lt;run&gt;" in page and "<script" not in page
+    assert "FSS-1000 classes split by the seeded rule (seed 0), not HSNet&#x27;s lists" in page
 
 
 def test_missing_parts_are_left_out(tmp_path: Path) -> None:

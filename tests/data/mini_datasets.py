@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 #: image name → classes (one rectangle each), and whether it is in val.txt.
 VOC_TRAIN = {
     "2007_000001": (1,),  # only a fold-0 novel class: never in fold 0's train list
-    "2007_000002": (1, 6),  # fold-0 novel + base: in fold 0's train list (as 6) unless exclude_novel
+    "2007_000002": (1, 6),  # fold-0 novel + base: in fold 0's train list (as 6) unless novel images are excluded
     "2007_000003": (6, 7),
     "2007_000004": (15,),
     "2007_000005": (15, 20),
@@ -58,6 +58,44 @@ def make_voc(root: Path) -> Path:
         )
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
     (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{name}\n" for name in VOC_VAL))
+    return root
+
+
+#: Training images whose objects have exact areas, for HDMNet's list filters (fold 0: classes 1-5 novel):
+#: name → objects (class, rows, columns), laid out left to right in a 60×160 image, each in a 1-px 255 ring.
+VOC_SIZED_TRAIN = {
+    "2009_000001": ((6, 32, 64),),  # 2,048 px: kept (the bound is inclusive)
+    "2009_000002": ((7, 23, 89),),  # 2,047 px: dropped, and with it the image
+    "2009_000003": ((1, 3, 3), (8, 40, 60)),  # a 9-px novel object: the whole image out under exclude_novel
+    "2009_000004": ((8, 50, 50), (9, 20, 20)),  # 2,500 px kept, 400 px dropped
+    "2009_000005": ((6, 32, 32), (6, 32, 32)),  # two objects of 1,024 px: the class has 2,048, kept
+    "2009_000006": ((6, 50, 60), (8, 30, 70)),  # both kept
+    "2009_000007": ((7, 30, 70), (9, 32, 64)),  # both kept
+}
+VOC_SIZED_VAL = {"2010_000001": ((2, 40, 60),), "2010_000002": ((3, 40, 60),)}
+SIZED_HEIGHT, SIZED_WIDTH = 60, 160
+
+
+def sized_labels(objects: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    """60×160 labels with each (class, rows, columns) rectangle at row 4, 4 px apart, in a 255 ring."""
+    labels = np.zeros((SIZED_HEIGHT, SIZED_WIDTH), dtype=np.uint8)
+    left = 2
+    for class_id, rows, columns in objects:
+        labels[3 : 4 + rows + 1, left - 1 : left + columns + 1] = 255
+        labels[4 : 4 + rows, left : left + columns] = class_id
+        left += columns + 4
+    return labels
+
+
+def make_voc_sized(root: Path) -> Path:
+    """VOC layout holding :data:`VOC_SIZED_TRAIN` (train) and :data:`VOC_SIZED_VAL` (val.txt)."""
+    voc = root / "VOC2012"
+    (voc / "SegmentationClassAug").mkdir(parents=True, exist_ok=True)
+    for seed, (name, objects) in enumerate({**VOC_SIZED_TRAIN, **VOC_SIZED_VAL}.items()):
+        write_jpeg(voc / "JPEGImages" / f"{name}.jpg", SIZED_HEIGHT, SIZED_WIDTH, seed)
+        Image.fromarray(sized_labels(objects), mode="L").save(voc / "SegmentationClassAug" / f"{name}.png")
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{name}\n" for name in VOC_SIZED_VAL))
     return root
 
 
@@ -133,6 +171,41 @@ def make_coco(root: Path) -> Path:
             write_jpeg(root / split / image["file_name"], COCO_HEIGHT, COCO_WIDTH, seed)
         (root / "annotations").mkdir(parents=True, exist_ok=True)
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return root
+
+
+def box(left: int, top: int, columns: int, rows: int) -> list[list[int]]:
+    """A rectangle polygon that pycocotools fills with exactly ``rows × columns`` pixels."""
+    right, bottom = left + columns, top + rows
+    return [[left, top, right, top, right, bottom, left, bottom]]
+
+
+#: train2014 images of exact class areas (fold 0: category 1 novel; 2, 3, 4, 6 base): image id → instances
+#: (category, polygon). Areas are of the union of a class's instances, what the class mask holds.
+COCO_SIZED_TRAIN = {
+    20: ((2, box(2, 4, 64, 32)),),  # 2,048 px: kept
+    21: ((3, box(2, 4, 89, 23)),),  # 2,047 px: dropped, the image with it
+    22: ((1, box(2, 4, 3, 3)), (4, box(20, 4, 60, 40))),  # a 9-px novel object: image out under exclude_novel
+    23: ((2, box(2, 4, 40, 32)), (2, box(34, 4, 40, 32))),  # two instances overlapping by 8 columns: 2,304 px
+    24: ((3, box(2, 4, 60, 50)), (6, box(70, 4, 70, 30))),  # 3,000 and 2,100 px: both kept
+    25: ((6, box(2, 4, 32, 32)), (6, box(32, 4, 32, 32))),  # 1,024 + 1,024 overlapping by 2 columns: 1,984 px
+}
+
+
+def make_coco_sized(root: Path) -> Path:
+    """:func:`make_coco`'s val2014 with :data:`COCO_SIZED_TRAIN` as train2014 (60×160 images)."""
+    make_coco(root)
+    annotations = [
+        {"id": 100 * image_id + number, "image_id": image_id, "category_id": category_id, "iscrowd": 0,
+         "segmentation": polygon}
+        for image_id, instances in COCO_SIZED_TRAIN.items()
+        for number, (category_id, polygon) in enumerate(instances)
+    ]  # fmt: skip
+    data = coco_instances("train2014", list(COCO_SIZED_TRAIN), annotations)
+    for image in data["images"]:
+        image.update(height=SIZED_HEIGHT, width=SIZED_WIDTH)
+        write_jpeg(root / "train2014" / image["file_name"], SIZED_HEIGHT, SIZED_WIDTH, image["id"])
+    (root / "annotations" / "instances_train2014.json").write_text(json.dumps(data))
     return root
 
 

@@ -130,6 +130,28 @@ def test_fss_stage(fss_root: Path, tmp_path: Path) -> None:
     assert manifest["split_rule"].startswith("official lists") and manifest["splits"]["test"]["pairs"] == 9
 
 
+def test_fss_stage_with_required_official_lists_refuses_the_seeded_split(
+    fss_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, required = tmp_path / "staged", ["--require-official-lists", "true"]
+    assert stage_fss.main(["--root", str(fss_root), "--out", str(out), *required]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {fss_root / 'splits' / 'fss' / 'trn.txt'}: HSNet's FSS-1000 class list not found")
+    assert "\n" not in error and not out.exists()
+    lists = fss_root / "splits" / "fss"
+    lists.mkdir(parents=True)
+    (lists / "trn.txt").write_text("\n".join(FSS_CLASSES[:20]) + "\n")
+    assert stage_fss.main(["--root", str(fss_root), "--out", str(out), *required]) == 2
+    assert f"{lists / 'val.txt'}: HSNet's FSS-1000 class list not found" in capsys.readouterr().err
+    (lists / "val.txt").write_text("\n".join(FSS_CLASSES[20:22]) + "\n")
+    (lists / "test.txt").write_text("\n".join(FSS_CLASSES[22:]) + "\n")
+    assert stage_fss.main(["--root", str(fss_root), "--out", str(out), *required]) == 0
+    assert json.loads((out / "manifest.json").read_text())["split_rule"] == f"official lists ({lists})"
+    elsewhere = ["--official-lists", str(tmp_path / "lists")]  # a named folder is the one required
+    assert stage_fss.main(["--root", str(fss_root), "--out", str(out), *required, *elsewhere]) == 2
+    assert f"{tmp_path / 'lists' / 'trn.txt'}: HSNet's FSS-1000 class list not found" in capsys.readouterr().err
+
+
 def test_davis_stage(davis_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "davis"
     assert stage_davis.main(["--root", str(davis_root), "--out", str(out)]) == 0

@@ -53,6 +53,30 @@ def test_train_sampler_epochs_permute_the_pairs() -> None:
     assert len(ep.TrainEpisodeSampler(PAIRS, shot=2, episodes_per_epoch=70).episodes(0)) == 70
 
 
+def test_an_hdmnet_epoch_is_every_image_once_with_a_random_class_of_it() -> None:
+    # HDMNet's fold-0 list of the sized mini VOC (tests/data/test_train_lists.py); classes 7 and 9 have one
+    # image each, so no episode: 5 usable pairs on 4 images, 2009_000006 holding classes 6 and 8
+    hdmnet_list = [
+        ("2009_000001", 6), ("2009_000004", 8), ("2009_000005", 6), ("2009_000006", 6), ("2009_000006", 8),
+        ("2009_000007", 7), ("2009_000007", 9),
+    ]  # fmt: skip
+    by_pairs = ep.TrainEpisodeSampler(hdmnet_list, shot=1, seed=0)
+    assert len(by_pairs) == 5 and sorted(e[:2] for e in by_pairs.episodes(0)) == hdmnet_list[:5]
+    by_images = ep.TrainEpisodeSampler(hdmnet_list, shot=1, seed=0, unit="images")
+    assert len(by_images) == 4
+    classes_of_000006 = set()
+    for epoch in range(12):
+        episodes = by_images.episodes(epoch)
+        assert sorted(e.query_id for e in episodes) == ["2009_000001", "2009_000004", "2009_000005", "2009_000006"]
+        assert all((e.query_id, e.class_id) in hdmnet_list and e.query_id not in e.support_ids for e in episodes)
+        classes_of_000006 |= {e.class_id for e in episodes if e.query_id == "2009_000006"}
+        assert episodes == ep.TrainEpisodeSampler(hdmnet_list, shot=1, seed=0, unit="images").episodes(epoch)
+    assert classes_of_000006 == {6, 8}
+    assert len(ep.TrainEpisodeSampler(hdmnet_list, 2, episodes_per_epoch=10, unit="images").episodes(1)) == 10
+    with pytest.raises(InputError, match="epoch unit: expected 'pairs' or 'images'"):
+        ep.TrainEpisodeSampler(hdmnet_list, 1, unit="objects")  # type: ignore[arg-type]
+
+
 def test_episode_files_round_trip(tmp_path: Path) -> None:
     episodes = ep.walk_episodes(PAIRS, 2, 10)
     ep.write_episodes(tmp_path / "episodes.txt", episodes)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from fsdino.data import pascal
+from fsdino.data.train_lists import TrainListRule, filter_train_pairs
 from fsdino.errors import InputError
 from tests.data.mini_datasets import VOC_TRAIN, VOC_VAL
 
@@ -52,7 +53,9 @@ def test_fold_pairs_counts(voc_root: Path) -> None:
         ("2007_000005", 15), ("2007_000005", 20), ("2007_000006", 11),
     ]  # fmt: skip
     assert val0 == [("2008_000001", 2), ("2008_000003", 2), ("2008_000004", 3), ("2008_000006", 2)]
-    strict, _ = pascal.fold_pairs(classes, train_ids, val_ids, fold=0, exclude_novel=True)
+    strict = filter_train_pairs(
+        train0, pascal.PascalVOC(voc_root, train_ids), pascal.fold_classes(0), TrainListRule(exclude_novel=True)
+    )
     assert [pair for pair in train0 if pair[0] != "2007_000002"] == strict
 
 

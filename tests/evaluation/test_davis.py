@@ -8,6 +8,7 @@ from fsdino.evaluation.davis import (
     disk,
     frame_scores,
     jf_mean,
+    merge_objects,
     object_scores,
     region_similarity,
 )
@@ -95,3 +96,32 @@ def test_davis_meter_averages_frames_per_object_then_objects():
     assert summary["J"] == pytest.approx(0.375)
     assert summary["J&F"] == pytest.approx((summary["J"] + summary["F"]) / 2)
     assert summary["objects"] == 2 and summary["frames"] == 3
+
+
+def test_merge_gives_each_pixel_to_the_highest_positive_logit() -> None:
+    first = np.full((2, 4), -1.0)
+    first[:, :3] = [[2.0, 3.0, 0.5], [2.0, 3.0, 0.5]]  # object 1 claims columns 0-2
+    second = np.full((2, 4), -1.0)
+    second[:, 1:] = [[1.0, 4.0, 0.5], [1.0, 4.0, 0.5]]  # object 2 claims columns 1-3
+    first[0, 3] = 0.5  # equal to object 2's logit there
+    second[1, 3] = 0.0  # a logit of 0 is not foreground (the threshold of every mask is > 0)
+    labels = merge_objects({2: second, 1: first})
+    # column 0: only 1; column 1: 1 higher; column 2: 2 higher; column 3: a tie (to 1), then no positive logit
+    assert labels.tolist() == [[1, 1, 2, 1], [1, 1, 2, 0]]
+    assert merge_objects({1: np.full((2, 2), -3.0), 4: np.full((2, 2), -0.1)}).tolist() == [[0, 0], [0, 0]]
+    with pytest.raises(ValueError, match="no objects"):
+        merge_objects({})
+
+
+def test_overlapping_objects_are_scored_on_the_merged_label_map() -> None:
+    truth_1, truth_2 = square((20, 20), 2, 2, 8), square((20, 20), 10, 10, 8)
+    confident = np.where(square((20, 20), 2, 2, 16), 5.0, -5.0)  # object 1 spills over object 2, confidently
+    modest = np.where(truth_2, 1.0, -5.0)  # object 2 exactly, but with a lower logit
+    truths = {1: truth_1.astype(np.uint8), 2: truth_2.astype(np.uint8)}
+    merged = DavisMeter()
+    scores = merged.update_frame("seq", {1: confident, 2: modest}, truths)
+    # object 2 loses every pixel to object 1: J = 0; object 1 is scored on its 16×16 square
+    assert scores[2][0] == 0.0 and scores[1][0] == pytest.approx(64 / 256)
+    separate = DavisMeter()  # each mask scored on its own (before 2026-12): object 2 would get J = 1
+    assert separate.update("seq/2", modest > 0, truths[2])[0] == 1.0
+    assert set(merged.frames) == {"seq/1", "seq/2"}

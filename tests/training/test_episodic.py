@@ -38,7 +38,9 @@ EPISODES = 2  # 2 steps of batch 1 per epoch, 3 epochs: 6 steps
 
 
 def loop_config(**overrides: object) -> LoopConfig:
-    return LoopConfig(**{"epochs": 3, "batch_size": 1, "checkpoint_every": 3, "seed": 3, **overrides})
+    # the poly schedule (the paper profiles'): the resume test checks that the rate follows the global step
+    values = {"epochs": 3, "batch_size": 1, "checkpoint_every": 3, "seed": 3, "schedule": "poly"}
+    return LoopConfig(**{**values, **overrides})
 
 
 class KilledError(Exception):

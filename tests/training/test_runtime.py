@@ -28,6 +28,30 @@ def test_cosine_schedule_decays_from_the_base_rate_to_zero():
     assert learning_rate(2.0, 500, 110, schedule="cosine") == pytest.approx(0.0, abs=1e-12)  # clamped
 
 
+def test_poly_schedule_is_hdmnets_decay_from_the_initial_rate():
+    # HDMNet's poly_learning_rate: base · (1 − iter/max_iter)^0.9, here with the 0-based step
+    rates = [learning_rate(1e-3, step, 100, schedule="poly") for step in range(101)]
+    assert rates[0] == 1e-3 and rates[100] == 0.0
+    assert rates[50] == pytest.approx(1e-3 * 0.5**0.9) and rates[90] == pytest.approx(1e-3 * 0.1**0.9)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert learning_rate(1.0, 25, 100, schedule="poly", power=2.0) == pytest.approx(0.75**2)
+    # after a warm-up the decay spans the remaining steps, from the base rate
+    assert learning_rate(1.0, 10, 110, schedule="poly", warmup_steps=10) == 1.0
+    assert learning_rate(1.0, 60, 110, schedule="poly", warmup_steps=10) == pytest.approx(0.5**0.9)
+    with pytest.raises(ValueError, match="schedule: expected constant, cosine or poly"):
+        learning_rate(1.0, 5, 10, schedule="step")
+
+
+def test_loop_config_defaults_to_hdmnets_poly_schedule():
+    config = LoopConfig(epochs=2, lr=1e-3)
+    assert (config.schedule, config.power, config.warmup_steps, config.weight_decay) == ("poly", 0.9, 0, 0.01)
+    assert config.lr_at(0, steps_per_epoch=50) == 1e-3
+    assert config.lr_at(75, steps_per_epoch=50) == pytest.approx(1e-3 * 0.25**0.9)
+    # a pure function of the global step: a resumed run (any epoch, any step) gets the same rate
+    assert LoopConfig(epochs=2, lr=1e-3).lr_at(75, steps_per_epoch=50) == config.lr_at(75, steps_per_epoch=50)
+    assert LoopConfig(epochs=2, lr=1.0, power=1.0).lr_at(25, steps_per_epoch=50) == pytest.approx(0.75)
+
+
 def test_loop_config_spreads_the_schedule_over_all_epochs():
     config = LoopConfig(epochs=4, lr=1.0, schedule="cosine")
     assert config.lr_at(0, steps_per_epoch=10) == pytest.approx(1.0)
