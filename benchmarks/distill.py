@@ -5,8 +5,9 @@ Each case runs the project's own loop, :func:`fsdino.training.distill.distill_st
 backward and the AdamW step all included); a step's time is the gap between two ``on_step`` callbacks.
 Cases:
 
-* ``cached/3-blocks``: the student truncated to three DINOv2 blocks, targets read from an on-disk
-  :class:`~fsdino.training.teacher_cache.TeacherCache` (memory-mapped, as the pipeline reads it);
+* ``cached/3-blocks``: the student truncated to three DINOv2 blocks, targets read from an on-disk sharded
+  cache (:class:`~fsdino.training.teacher_cache.TeacherTargets`, at the stage's grid, in the Dataset, as
+  the pipeline reads it);
 * ``cached/full-depth``: the same with an untruncated student, to show what the truncation saves;
 * ``online/3-blocks``: the teacher runs on each batch, as ``distill_stage`` calls it (under the run's
   autocast: bf16 on GPU).
@@ -31,12 +32,13 @@ from benchmarks.sizes import BenchSize
 from benchmarks.timing import PeakMemory, Timing, release, synchronize
 from fsdino.config import EncoderConfig, TeacherConfig
 from fsdino.models.adapter import BottleneckAdapter
-from fsdino.models.build import build_encoder, build_teacher
+from fsdino.models.build import build_encoder
+from fsdino.models.teacher_builder import build_teacher
 from fsdino.training.checkpointing import RunPosition
 from fsdino.training.config import LoopConfig
-from fsdino.training.distill import TargetFn, cached_targets, distill_stage, online_targets
+from fsdino.training.distill import TargetFn, WithCachedTargets, distill_stage, online_targets
 from fsdino.training.runtime import Runtime
-from fsdino.training.teacher_cache import TeacherCache, build_teacher_cache
+from fsdino.training.teacher_cache import CacheSpec, TeacherTargets, build_shards, write_index
 
 
 class RandomImages(Dataset):
@@ -62,6 +64,23 @@ class RandomImages(Dataset):
         return item
 
 
+def _same(teacher: torch.nn.Module) -> torch.nn.Module:
+    return teacher
+
+
+class _Cycled:
+    """``length`` items over a cache of fewer rows (the items' ``index`` already cycles over them)."""
+
+    def __init__(self, targets: TeacherTargets, length: int) -> None:
+        self.targets, self.length = targets, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        return self.targets[row]
+
+
 class StepClock:
     """``on_step`` callback that timestamps every finished step (after the device has caught up)."""
 
@@ -81,7 +100,7 @@ class StepClock:
 
 def time_stage(
     name: str, *, size: BenchSize, runtime: Runtime, meter: PeakMemory, blocks: int | None,
-    targets: TargetFn, data: Dataset, work_dir: Path,
+    targets: TargetFn | None, data: Dataset, work_dir: Path,
 ) -> Record:  # fmt: skip
     """Run ``distill_stage`` for ``warmup + iterations`` steps and time its steps."""
     warmup = max(size.warmup, 1)
@@ -140,22 +159,26 @@ def _measure(size: BenchSize, runtime: Runtime, budget: Budget) -> list[Record]:
         case = partial(time_stage, size=size, runtime=runtime, work_dir=work_dir)
         meter = PeakMemory(device).start()  # the online cases count the teacher's weights
         teacher = build_teacher(TeacherConfig(arch=size.teacher_arch, image_size=size.teacher_size, sha256=None))
-        cache_path = build_teacher_cache(
-            teacher, RandomImages(batch, batch, size.teacher_size), keys, work_dir / "teacher.npy",
-            teacher_id=teacher_id, batch_size=batch, device=device,
+        grid = size.image_size // 14
+        spec = CacheSpec(teacher_id, (grid,), tuple(keys), shard_images=batch)
+        teacher = teacher.to(device)
+        build_shards(
+            partial(_same, teacher), RandomImages(batch, batch, size.teacher_size), spec, work_dir / "shards",
+            shards=range(spec.num_shards), progress=False, batch_size=batch, device=device,
         )  # fmt: skip
+        write_index(work_dir / "index.json", work_dir / "shards", spec)
         online_data = RandomImages(length, batch, size.image_size, size.teacher_size)
         targets = online_targets(teacher, runtime)  # under the run's autocast, as the pipeline runs it
         records.append(case("online/3-blocks", meter=meter, blocks=3, targets=targets, data=online_data))
         del teacher, targets
         release(device)
-        cached = cached_targets(TeacherCache(cache_path, teacher_id=teacher_id, keys=keys))
-        cached_data = RandomImages(length, batch, size.image_size)
+        cache = TeacherTargets(work_dir / "index.json", teacher_id=teacher_id, keys=keys, grid=grid)
+        cached_data = WithCachedTargets(RandomImages(length, batch, size.image_size), _Cycled(cache, length))
         for name, blocks in (("cached/3-blocks", 3), ("cached/full-depth", None)):
             if budget.expired():
                 records.append(_skipped(name, size, runtime))
                 continue
             meter = PeakMemory(device).start()
-            records.append(case(name, meter=meter, blocks=blocks, targets=cached, data=cached_data))
+            records.append(case(name, meter=meter, blocks=blocks, targets=None, data=cached_data))
             release(device)
     return records

@@ -29,6 +29,7 @@ NOT_OUTPUT_CODE = frozenset({
     "components/tracking_config.py", "fsdino/config.py",  # schemas: the values are in params.yaml
     "components/cli.py", "components/tracking.py",  # argument parsing, work folders, MLflow logging
     "fsdino/errors.py", "fsdino/io/atomic.py",  # error types; write-then-rename
+    "fsdino/io/claims.py",  # which process builds a teacher shard, not what the shard holds
 })  # fmt: skip
 
 

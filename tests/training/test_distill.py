@@ -9,17 +9,18 @@ from fsdino.checkpoints import load_weights_file
 from fsdino.config import EncoderConfig, TeacherConfig
 from fsdino.errors import InputError
 from fsdino.models.adapter import BottleneckAdapter
-from fsdino.models.build import build_encoder, build_teacher
+from fsdino.models.build import build_encoder
+from fsdino.models.teacher_builder import build_teacher
 from fsdino.training.config import LoopConfig
 from fsdino.training.distill import (
+    WithCachedTargets,
     WithTeacherImages,
-    cached_targets,
     distill_stage,
     evaluate_mse,
     online_targets,
 )
 from fsdino.training.runtime import Runtime
-from fsdino.training.teacher_cache import TeacherCache, build_teacher_cache
+from fsdino.training.teacher_cache import CacheSpec, TeacherTargets, build_shards, write_index
 from tests.training.loops import (
     DDP_BATCH,
     DDP_EPOCHS,
@@ -78,25 +79,62 @@ def test_loss_goes_down(parts, tmp_path):
     assert len(losses) == 4 and losses[-1] < losses[0]
 
 
+def build_cache(teacher, tmp_path, count: int, grids=(3, 4), shard_images: int = 4, teacher_id: str = "tiny@64"):
+    """A sharded cache of ``Images(count, 64)``; returns (index path, keys)."""
+    keys = tuple(f"sa_{i}" for i in range(count))
+    spec = CacheSpec(teacher_id, grids, keys, shard_images)
+    build_shards(lambda: teacher, Images(count, 64), spec, tmp_path / "shards", shards=range(spec.num_shards))
+    return write_index(tmp_path / "index.json", tmp_path / "shards", spec), keys
+
+
 def test_cached_targets_equal_online_targets(parts, tmp_path):
     _, teacher = parts
+    build_cache(teacher, tmp_path, 6)
     keys = [f"sa_{i}" for i in range(6)]
-    path = build_teacher_cache(teacher, Images(6, 64), keys, tmp_path / "cache.npy", teacher_id="tiny@64")
-    cache = TeacherCache(path, teacher_id="tiny@64", keys=keys)
+    cache = TeacherTargets(tmp_path / "index.json", teacher_id="tiny@64", keys=keys, grid=3)
     batch = {"index": torch.tensor([4, 1]), "teacher_image": torch.stack([Images(6, 64)[i]["image"] for i in (4, 1)])}
-    cached, online = cached_targets(cache)(batch, 3), online_targets(teacher, CPU)(batch, 3)
-    assert cached.shape == (2, 256, 3, 3)
-    assert torch.allclose(cached, online, atol=2e-2)  # fp16 storage
+    cached = torch.stack([cache[4], cache[1]]).float()  # rows 4 (second shard) and 1 (first)
+    online = online_targets(teacher, CPU)(batch, 3)
+    assert cached.shape == (2, 256, 3, 3) and cache[4].dtype == torch.float16
+    assert torch.allclose(cached, online, atol=2e-3, rtol=1e-3)  # pooled in float32, stored fp16
+    assert not torch.allclose(cached[0], cached[1])
 
 
-def test_a_cache_of_another_teacher_or_manifest_is_refused(parts, tmp_path):
+def test_a_cache_of_another_teacher_manifest_or_grid_is_refused(parts, tmp_path):
     _, teacher = parts
-    keys = ["sa_0", "sa_1"]
-    path = build_teacher_cache(teacher, Images(2, 64), keys, tmp_path / "cache.npy", teacher_id="tiny@64")
+    build_cache(teacher, tmp_path, 2)
+    index = tmp_path / "index.json"
     with pytest.raises(InputError, match="built by teacher 'tiny@64', not 'vit_h@1024'"):
-        TeacherCache(path, teacher_id="vit_h@1024", keys=keys)
+        TeacherTargets(index, teacher_id="vit_h@1024", keys=["sa_0", "sa_1"], grid=3)
     with pytest.raises(InputError, match="other images"):
-        TeacherCache(path, teacher_id="tiny@64", keys=["sa_0", "sa_9"])
+        TeacherTargets(index, teacher_id="tiny@64", keys=["sa_0", "sa_9"], grid=3)
+    with pytest.raises(InputError, match=r"holds grids \[3, 4\], not 9"):
+        TeacherTargets(index, teacher_id="tiny@64", keys=["sa_0", "sa_1"], grid=9)
+
+
+def test_cached_targets_come_in_the_batch_and_workers_change_nothing(parts, tmp_path):
+    student, teacher = parts
+    _, keys = build_cache(teacher, tmp_path, 8)
+    data = WithCachedTargets(
+        Images(8, 56), TeacherTargets(tmp_path / "index.json", teacher_id="tiny@64", keys=keys, grid=4)
+    )
+    runs = {}
+    for workers in (0, 2):
+        stats: dict[str, float] = {}
+        adapter = fresh_adapter()
+        distill_stage(
+            student=student, adapter=adapter, data=data, targets=None, config=config(num_workers=workers, epochs=2),
+            runtime=CPU, checkpoint=tmp_path / f"w{workers}.pt", fingerprint="w", stats=stats,
+        )  # fmt: skip
+        runs[workers] = adapter.state_dict()
+        assert stats["steps"] == 4 and stats["wait_s"] > 0
+    for name, value in runs[0].items():
+        assert torch.equal(value, runs[2][name]), name
+    mse = [
+        evaluate_mse(student=student, adapter=fresh_adapter(), data=data, targets=None, runtime=CPU, num_workers=w)
+        for w in (0, 2)
+    ]
+    assert mse[0] == mse[1] > 0
 
 
 def test_resume_after_a_kill_gives_the_same_weights(parts, tmp_path):
