@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tarfile
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -16,7 +18,12 @@ from fsdino.errors import InputError
 def manifest(tmp_path):
     release = write_synthetic_sa1b(tmp_path / "release", num_tars=2, images_per_tar=3, seed=2)
     config = StageSA1BConfig(
-        source="local", tar_dir=release.tar_paths[0].parent, num_tars=2, output_dir=tmp_path / "out", progress=False
+        source="local",
+        tar_dir=release.tar_paths[0].parent,
+        num_tars=2,
+        output_dir=tmp_path / "out",
+        store_dir=tmp_path / "store",
+        progress=False,
     )
     return run(config)["manifest"]
 
@@ -43,12 +50,35 @@ def test_other_sizes_and_size_checks(manifest):
         SA1BImages(manifest, 100)
 
 
-def test_corrupt_image_is_skipped_with_a_warning(manifest):
+def test_items_are_read_from_the_tars_in_place(manifest, tmp_path):
     dataset = SA1BImages(manifest, 126)
-    dataset.paths[1].write_bytes(b"\xff\xd8 truncated jpeg")
-    with pytest.warns(RuntimeWarning, match=f"{dataset.paths[1]}: unreadable image skipped"):
+    frame = read_manifest(manifest)
+    for row in (0, 4):
+        tar = next((tmp_path / "release").glob(frame["tar"][row]))
+        with tarfile.open(tar) as archive:
+            assert dataset.read_bytes(row) == archive.extractfile(f"./{frame['key'][row]}.jpg").read()
+    serial = [batch["image"] for batch in DataLoader(dataset, batch_size=2)]
+    parallel = [batch["image"] for batch in DataLoader(dataset, batch_size=2, num_workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
+
+
+def test_corrupt_image_is_skipped_with_a_warning(manifest, tmp_path):
+    frame = read_manifest(manifest)
+    tar = tmp_path / "release" / frame["tar"][1]
+    with open(tar, "r+b") as handle:  # garbage over the second image's bytes, inside its tar
+        handle.seek(int(frame["offset"][1]))
+        handle.write(b"\x00" * int(frame["bytes"][1]))
+    dataset = SA1BImages(manifest, 126)
+    with pytest.warns(RuntimeWarning, match=rf"{frame['tar'][1]}:{frame['key'][1]}\.jpg: unreadable image skipped"):
         item = dataset[1]
     assert (item["index"], item["key"]) == (2, dataset.keys[2])
+
+
+def test_a_missing_tar_is_an_input_error_naming_it(manifest, tmp_path):
+    frame = read_manifest(manifest)
+    (tmp_path / "release" / frame["tar"][0]).unlink()
+    with pytest.raises(InputError, match=rf"{frame['tar'][0]}: SA-1B shard not found \(re-run the sa1b stage"):
+        SA1BImages(manifest, 126)[0]
 
 
 def test_missing_or_foreign_manifest_is_an_input_error(tmp_path):

@@ -49,6 +49,8 @@ def bucket(moto_endpoint, monkeypatch, tmp_path):
 
 
 def make_config(bucket_name: str, **fields) -> StageSA1BConfig:
+    output = fields["output_dir"]
+    fields.setdefault("store_dir", output.with_name(f"{output.name}-store"))
     return StageSA1BConfig(
         source="s3", s3_bucket=bucket_name, s3_prefix=PREFIX, progress=False, backoff_s=0.0, **fields
     )
@@ -74,14 +76,14 @@ def test_s3_resumes_a_partial_download_with_a_ranged_get(bucket, moto_endpoint, 
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # the endpoint from the environment this time
     tar = select_tars([path.name for path in release.tar_paths], seed=0, fraction=0.01)[0]
     data = (release.tar_paths[0].parent / tar).read_bytes()
-    part = tmp_path / "out" / "tars" / f"{tar}.part"
+    part = tmp_path / "out-store" / "tars" / f"{tar}.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(data[:4096])
     checksum = "md5:" + hashlib.md5(data).hexdigest()
-    config = make_config(name, num_tars=1, output_dir=tmp_path / "out", keep_tars=True, checksums={tar: checksum})
+    config = make_config(name, num_tars=1, output_dir=tmp_path / "out", checksums={tar: checksum})
     summary = run(config)
     assert summary["bytes_downloaded"] == len(data) - 4096
-    assert (tmp_path / "out" / "tars" / tar).read_bytes() == data and not part.exists()
+    assert (tmp_path / "out-store" / "tars" / tar).read_bytes() == data and not part.exists()
 
 
 def test_s3_errors_name_the_object(bucket, moto_endpoint, tmp_path):

@@ -28,7 +28,19 @@ def release(tmp_path):
 
 
 def make_config(**fields) -> StageSA1BConfig:
+    """A config whose store (tars, .part files, records) is ``<output_dir>-store``, beside its output."""
+    output = Path(fields.get("output_dir", "out"))
+    fields.setdefault("store_dir", output.with_name(f"{output.name}-store"))
     return StageSA1BConfig(progress=False, backoff_s=0.0, **fields)
+
+
+def tars_of(output: Path) -> Path:
+    """Where the downloads of the run writing ``output`` go."""
+    return output.with_name(f"{output.name}-store") / "tars"
+
+
+def records_of(output: Path) -> list[Path]:
+    return sorted((output.with_name(f"{output.name}-store") / "records").glob("*.json"))
 
 
 def test_selection_is_a_seeded_ranking():
@@ -54,34 +66,42 @@ def test_local_manifest_lists_every_selected_image(release, tmp_path):
     assert list(manifest.columns) == list(MANIFEST_COLUMNS)
     assert len(manifest) == summary["images"] == 3 * IMAGES_PER_TAR
     assert manifest["tar"].unique().tolist() == summary["selected"]
+    tars = json.loads((output / "tars.json").read_text())["tars"]
     for name in summary["selected"]:
-        with tarfile.open(release.tar_paths[0].parent / name) as archive:
+        tar_path = release.tar_paths[0].parent / name
+        assert (output / tars[name]["path"]).resolve() == tar_path.resolve()  # read in place, never copied
+        assert tars[name]["size"] == tar_path.stat().st_size and tars[name]["images"] == IMAGES_PER_TAR
+        data = tar_path.read_bytes()
+        with tarfile.open(tar_path) as archive:
             for image_id in release.image_ids[name]:
                 record = json.loads(archive.extractfile(f"./sa_{image_id}.json").read())["image"]
                 row = manifest.set_index("key").loc[f"sa_{image_id}"]
                 jpeg = archive.extractfile(f"./sa_{image_id}.jpg").read()
                 assert (row["width"], row["height"], row["bytes"]) == (record["width"], record["height"], len(jpeg))
-                assert (output / row["image"]).read_bytes() == jpeg
-                assert row["image"] == f"images/{name[:-4]}/sa_{image_id}.jpg" and pd.isna(row["json"])
+                assert data[row["offset"] : row["offset"] + row["bytes"]] == jpeg  # the byte range in the tar
+                assert row["tar"] == name and row["json_offset"] == row["json_bytes"] == -1
     assert release.tar_paths[0].exists()  # a local source is never deleted
+    assert sorted(path.name for path in output.iterdir()) == ["manifest.parquet", "tars.json"]  # nothing extracted
 
 
 def test_http_download_then_second_run_fetches_nothing(release, tmp_path):
     with serve_directory(release.tar_paths[0].parent) as (url, served):
         links = write_links_file(tmp_path / "links.tsv", [path.name for path in release.tar_paths], url)
-        config = make_config(links_file=links, num_tars=2, output_dir=tmp_path / "out", extract_json=True)
+        config = make_config(links_file=links, num_tars=2, output_dir=tmp_path / "out", index_json=True)
         first = run(config)
         sizes = {path.name: path.stat().st_size for path in release.tar_paths}
         assert dict(served.bytes_sent) == {name: sizes[name] for name in first["selected"]}
         assert first["bytes_downloaded"] == sum(sizes[name] for name in first["selected"])
-        assert not list((tmp_path / "out" / "tars").iterdir())  # downloads deleted once staged
+        assert sorted(p.name for p in tars_of(tmp_path / "out").iterdir()) == sorted(first["selected"])  # kept
         requests = len(served.requests)
         second = run(config)
     assert len(served.requests) == requests and second["bytes_downloaded"] == 0
     assert (second["reused_tars"], second["staged_tars"]) == (2, 0)
     manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
-    assert len(manifest) == 2 * IMAGES_PER_TAR and manifest["json"].notna().all()
-    assert all((tmp_path / "out" / path).is_file() for path in manifest["json"])
+    assert len(manifest) == 2 * IMAGES_PER_TAR and (manifest["json_offset"] > 0).all()
+    for row in manifest.itertuples():
+        data = (tars_of(tmp_path / "out") / row.tar).read_bytes()
+        assert json.loads(data[row.json_offset : row.json_offset + row.json_bytes])["image"]["image_id"] == row.image_id
 
 
 def _single_tar_setup(release, tmp_path, url):
@@ -94,52 +114,50 @@ def _single_tar_setup(release, tmp_path, url):
 def test_http_resumes_a_partial_download(release, tmp_path):
     with serve_directory(release.tar_paths[0].parent) as (url, served):
         name, links, data = _single_tar_setup(release, tmp_path, url)
-        part = tmp_path / "out" / "tars" / f"{name}.part"
+        part = tars_of(tmp_path / "out") / f"{name}.part"
         part.parent.mkdir(parents=True)
         part.write_bytes(data[:5000])
         checksum = "sha256:" + hashlib.sha256(data).hexdigest()
-        config = make_config(
-            links_file=links, num_tars=1, output_dir=tmp_path / "out", keep_tars=True, checksums={name: checksum}
-        )
+        config = make_config(links_file=links, num_tars=1, output_dir=tmp_path / "out", checksums={name: checksum})
         summary = run(config)
     assert served.bytes_sent[name] == len(data) - 5000 == summary["bytes_downloaded"]
     assert served.requests == [(name, "bytes=5000-")]
-    assert (tmp_path / "out" / "tars" / name).read_bytes() == data and not part.exists()
+    assert (tars_of(tmp_path / "out") / name).read_bytes() == data and not part.exists()
 
 
 def test_http_retries_a_dropped_connection_and_restarts_when_range_is_ignored(release, tmp_path):
     with serve_directory(release.tar_paths[0].parent) as (url, served):
         name, links, data = _single_tar_setup(release, tmp_path, url)
         served.drop_after[name] = 7000
-        run(make_config(links_file=links, num_tars=1, output_dir=tmp_path / "a", keep_tars=True))
+        run(make_config(links_file=links, num_tars=1, output_dir=tmp_path / "a"))
         assert served.requests == [(name, None), (name, "bytes=7000-")]
         assert served.bytes_sent[name] == len(data)
-        assert (tmp_path / "a" / "tars" / name).read_bytes() == data
+        assert (tars_of(tmp_path / "a") / name).read_bytes() == data
 
         served.ignore_range = True
-        part = tmp_path / "b" / "tars" / f"{name}.part"
+        part = tars_of(tmp_path / "b") / f"{name}.part"
         part.parent.mkdir(parents=True)
         part.write_bytes(b"x" * 3000)  # not the file's bytes: only a restart can give the right file
-        run(make_config(links_file=links, num_tars=1, output_dir=tmp_path / "b", keep_tars=True))
-    assert (tmp_path / "b" / "tars" / name).read_bytes() == data
+        run(make_config(links_file=links, num_tars=1, output_dir=tmp_path / "b"))
+    assert (tars_of(tmp_path / "b") / name).read_bytes() == data
 
 
 def test_http_503_is_retried_and_a_complete_part_is_only_renamed(release, tmp_path):
     with serve_directory(release.tar_paths[0].parent) as (url, served):
         name, links, data = _single_tar_setup(release, tmp_path, url)
         served.fail_once[name] = 503
-        run(make_config(links_file=links, num_tars=1, output_dir=tmp_path / "a", keep_tars=True))
+        run(make_config(links_file=links, num_tars=1, output_dir=tmp_path / "a"))
         assert [request[1] for request in served.requests] == [None, None]
-        assert (tmp_path / "a" / "tars" / name).read_bytes() == data
+        assert (tars_of(tmp_path / "a") / name).read_bytes() == data
 
-        part = tmp_path / "b" / "tars" / f"{name}.part"
+        part = tars_of(tmp_path / "b") / f"{name}.part"
         part.parent.mkdir(parents=True)
         part.write_bytes(data)  # downloaded, but the run stopped before the rename
         sent = served.bytes_sent[name]
-        summary = run(make_config(links_file=links, num_tars=1, output_dir=tmp_path / "b", keep_tars=True))
+        summary = run(make_config(links_file=links, num_tars=1, output_dir=tmp_path / "b"))
     assert served.requests[-1] == (name, f"bytes={len(data)}-")  # answered 416 with the full size
     assert served.bytes_sent[name] == sent and summary["bytes_downloaded"] == 0
-    assert (tmp_path / "b" / "tars" / name).read_bytes() == data
+    assert (tars_of(tmp_path / "b") / name).read_bytes() == data
 
 
 @pytest.mark.parametrize(
@@ -156,8 +174,8 @@ def test_verification_failure_is_an_input_error(release, tmp_path, field, value,
         config = make_config(links_file=links, num_tars=1, output_dir=tmp_path / "out", **{field: {name: value}})
         with pytest.raises(InputError, match=f"{name}.*{message}"):
             run(config)
-    assert not list((tmp_path / "out" / "tars").iterdir())  # the bad download is not kept
-    assert not (tmp_path / "out" / "manifest.parquet").exists()
+    assert not list(tars_of(tmp_path / "out").iterdir())  # the bad download is not kept
+    assert not (tmp_path / "out" / "manifest.parquet").exists() and not records_of(tmp_path / "out")
 
 
 def test_local_tar_with_a_wrong_checksum_is_an_input_error(release, tmp_path):
@@ -194,7 +212,7 @@ def test_unsafe_members_are_rejected_before_anything_is_written(tmp_path, member
         run(make_config(source="local", tar_dir=tar_dir, num_tars=1, output_dir=output))
     assert not (tmp_path / "deep" / "evil.jpg").exists() and not (output / "evil.jpg").exists()
     assert not Path("/etc/x.jpg").exists()
-    assert not list((output / "images").iterdir())  # the half-extracted folder is gone too
+    assert not records_of(output) and not output.exists()  # no record, no manifest: nothing half-written
 
 
 def test_hardlinks_and_devices_are_rejected(tmp_path):
@@ -220,15 +238,20 @@ def test_truncated_tar_is_an_input_error(release, tmp_path, cut):
     (tar_dir / "sa_000000.tar").write_bytes(data[:length])
     with pytest.raises(InputError, match=r"sa_000000\.tar: corrupt or truncated tar"):
         run(make_config(source="local", tar_dir=tar_dir, num_tars=1, output_dir=tmp_path / "out"))
-    assert not list((tmp_path / "out" / "images").iterdir())
+    assert not records_of(tmp_path / "out") and not (tmp_path / "out").exists()
 
 
 def test_max_images_then_more_restages_only_what_is_missing(release, tmp_path):
     tar_dir, output = release.tar_paths[0].parent, tmp_path / "out"
-    first = run(make_config(source="local", tar_dir=tar_dir, num_tars=3, max_images=4, output_dir=output))
-    assert first["images"] == 4 and first["used"] == first["selected"][:2]
-    second = run(make_config(source="local", tar_dir=tar_dir, num_tars=3, output_dir=output))
-    assert (second["reused_tars"], second["staged_tars"], second["images"]) == (1, 2, 9)
+    one_at_a_time = {"source": "local", "tar_dir": tar_dir, "num_tars": 3, "download_workers": 1}
+    first = run(make_config(**one_at_a_time, max_images=4, output_dir=output))
+    assert first["images"] == 4 and first["used"] == first["selected"][:2] and len(records_of(output)) == 2
+    second = run(make_config(**one_at_a_time, output_dir=output))
+    # the two tars of the first run are indexed whole, so only the third is new
+    assert (second["reused_tars"], second["staged_tars"], second["images"]) == (2, 1, 9)
+    # with a window of 4 tars in flight, the ones started before the cap was reached are staged too
+    ahead = run(make_config(**{**one_at_a_time, "download_workers": 4}, max_images=4, output_dir=tmp_path / "w"))
+    assert ahead["images"] == 4 and len(records_of(tmp_path / "w")) == 3
 
 
 def test_unreadable_jpeg_is_skipped_with_a_warning(tmp_path):
