@@ -171,7 +171,9 @@ def build_shard(
         if heartbeat is not None:
             heartbeat()
     tensors = {f"grid{grid}": torch.cat(chunks).contiguous() for grid, chunks in parts.items()}
-    metadata = {"teacher": spec.teacher_id, "rows": f"{rows.start}:{rows.stop}"}
+    # One metadata key: safetensors writes several in a random order, and the shard's bytes (its sha256 in
+    # the DVC-tracked index) must depend on its content only.
+    metadata = {"fsdino": json.dumps({"teacher": spec.teacher_id, "rows": [rows.start, rows.stop]}, sort_keys=True)}
     payload = safetensors_bytes(tensors, metadata=metadata)
     write_bytes_atomic(tensors_path, payload)
     manifest = {
