@@ -268,7 +268,7 @@ def rehearse(workdir: Path, size: RehearsalSize = RehearsalSize(), timeout_s: fl
         staged_at_kill: list[str] = []
 
         def enough_tars() -> bool:
-            staged_at_kill[:] = sorted(path.stem + ".tar" for path in records.glob("*.json"))
+            staged_at_kill[:] = sorted(path.stem + ".tar" for path in records.glob("sa_*.json"))
             return len(staged_at_kill) >= size.kill_after_tars
 
         dvc = [sys.executable, "-m", "dvc", "repro", "sa1b"]
@@ -277,7 +277,7 @@ def rehearse(workdir: Path, size: RehearsalSize = RehearsalSize(), timeout_s: fl
             dvc, workspace, enough_tars, lambda: None, timeout_s, between=lambda: sent_first.update(sent)
         )
         sent_total = dict(sent)
-    staged = sorted(path.stem + ".tar" for path in records.glob("*.json"))
+    staged = sorted(path.stem + ".tar" for path in records.glob("sa_*.json"))
     result.update({
         "sa1b_kill_landed_mid_run": landed, "sa1b_tars_staged_at_kill": len(staged_at_kill),
         "sa1b_rerun_rc": rerun.returncode, "sa1b_tars_staged_after_rerun": len(staged),

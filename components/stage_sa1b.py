@@ -300,6 +300,8 @@ class _Stager:
         )
         if fetched == 0 and (self.store.kind == "local" or checksum is not None):
             verify_file(path, expected_size=config.sizes.get(name), checksum=checksum)
+        for leftover in (config.store_dir / "records").glob(f".{Path(name).stem}.*.tmp.json"):  # killed mid-write
+            leftover.unlink(missing_ok=True)
         index = index_sa1b_tar(path, tar_name=name, include_json=config.index_json)
         size, mtime_ns = _file_state(path)
         record = {"path": str(path), "size": size, "mtime_ns": mtime_ns, "checksum": wanted, **index}

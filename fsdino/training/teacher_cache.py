@@ -223,6 +223,8 @@ def build_shards(
             if reason != "not built":
                 summary["invalid"].append([shard, reason])
                 tqdm.write(f"{shard_files(cache_dir, shard)[0]}: {reason}; recomputing")
+            for leftover in cache_dir.glob(f".shard-{shard:05d}.*.tmp.*"):  # a builder killed mid-write
+                leftover.unlink(missing_ok=True)
             if teacher is None:
                 teacher = teacher_factory()
             build_shard(teacher, images, shard, spec, cache_dir, heartbeat=claim.heartbeat, **build_options)
