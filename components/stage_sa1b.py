@@ -32,7 +32,7 @@ from components.downloads import Checksum, RetryPolicy, download, open_http, ope
 from components.params import DEFAULT_PARAMS, read_yaml, validate
 from fsdino.data.sa1b import extract_sa1b_tar, write_manifest
 from fsdino.errors import InputError
-from fsdino.io.atomic import write_text_atomic
+from fsdino.io.atomic import check_writable_dir, write_text_atomic
 
 SECTION = "stage_sa1b"
 TAR_NAME = re.compile(r"^sa_\d{6}\.tar$")
@@ -225,6 +225,7 @@ def _generate_synthetic_tars(config: StageSA1BConfig) -> StageSA1BConfig:
 
 def run(config: StageSA1BConfig) -> dict[str, Any]:
     """Stage the subset described by ``config``; returns a summary (selection, counts, bytes fetched)."""
+    check_writable_dir(config.output_dir, what=f"{SECTION}.output_dir")
     config.check_source()
     if config.source == "synthetic":
         config = _generate_synthetic_tars(config)
