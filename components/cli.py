@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import WORK_DIR, Params, load_params
-from fsdino.errors import InputError
-
-EXIT_INPUT_ERROR = 2
+from fsdino.errors import report_error
 
 
 def params_main(
@@ -41,9 +39,8 @@ def params_main(
         params = load_params(args.params)
         name = stage_name(args) if stage_name is not None else Path(sys.argv[0]).stem
         summary = tracked(params, name, lambda: run(params, args))
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+    except Exception as error:
+        return report_error(error)
     if is_main_process():
         print(json.dumps(summary, default=str))
     return 0

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components.crossdomain_config import SHOT as CROSSDOMAIN_SHOT
 from components.crossdomain_config import CrossDomainParams
-from components.params import DEFAULT_PARAMS, read_yaml, validate
+from components.params import DEFAULT_PARAMS, read_yaml, require_sections, validate
 from components.report_config import ReportConfig
 from components.stage_coco import CocoStageConfig
 from components.stage_pascal import PascalStageConfig
@@ -308,4 +308,7 @@ class Params(_Section):
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
-    return validate(Params, read_yaml(path), str(path))
+    """The whole params file a pipeline step reads; every section must be there (see ``require_sections``)."""
+    data = read_yaml(path)
+    require_sections(Params, data, str(path))
+    return validate(Params, data, str(path))

@@ -65,22 +65,57 @@ def load_section(model: type[ModelT], section: str, path: Path | str = DEFAULT_P
     return validate(model, data[section], str(path), section)
 
 
+def require_sections(model: type[BaseModel], data: dict[str, Any], source: str) -> None:
+    """Raise :class:`InputError` naming the first top-level field of ``model`` that ``data`` lacks.
+
+    The params file a pipeline step reads is complete, as ``python -m components.profile`` renders it: a
+    missing section is an error, never a silent switch to that section's defaults (only a profile, which
+    is an override file, may leave sections out). An unknown key is left to validation, which names it
+    (a typo such as ``modle:`` is reported as itself, not as a missing ``model``).
+    """
+    if not data.keys() <= model.model_fields.keys():
+        return
+    missing = [name for name in model.model_fields if name not in data]
+    if missing:
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(
+            f"{source}: missing section {missing[0]!r}{more}: a params file holds every section "
+            "(render a complete one with `python -m components.profile <name>`)"
+        )
+
+
+def _nested(data: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    """(found, value) of section ``a.b.c`` of ``data``."""
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
 def section_values(
     params_path: Path | None, section_name: str | None, default_section: str
 ) -> tuple[dict[str, Any], Path, str]:
     """The mapping under one section of a params file, for steps that also take flag overrides.
 
-    A file or section named explicitly must exist; otherwise ``params.yaml`` is read only when present and
-    a missing section reads as empty. Returns (values, the file's path, the section's name).
+    A section may be nested, named with dots (``benchmark.pascal`` in the whole-pipeline ``params.yaml``);
+    one that is present but null reads as empty. A file or section named explicitly must exist; otherwise
+    ``params.yaml`` is read only when present and a missing section reads as empty. Returns (values, the
+    file's path, the section's name).
     """
     path, wanted = params_path or DEFAULT_PARAMS, section_name or default_section
     explicit = params_path is not None or section_name is not None
     if not explicit and not path.is_file():
         return {}, path, wanted
     params = read_yaml(path)
-    if explicit and wanted not in params:
-        raise InputError(f"{path}: missing section {wanted!r}")
-    values = params.get(wanted) or {}
+    found, values = _nested(params, wanted)
+    if explicit and not found:
+        raise InputError(
+            f"{path}: missing section {wanted!r} (top-level sections: {', '.join(params) or 'none'}; "
+            "name a nested one with dots, as benchmark.pascal)"
+        )
+    values = values or {}
     if not isinstance(values, dict):
         raise InputError(f"{path}: {wanted}: expected a mapping, got {type(values).__name__}")
     return dict(values), path, wanted

@@ -14,11 +14,13 @@ from typing import Any
 from components import stage_coco, stage_pascal, stage_synthetic
 from components.cli import params_main
 from components.config import Params
+from fsdino.io.atomic import check_writable_dir
 
 STAGERS = {"synthetic": stage_synthetic.run, "pascal": stage_pascal.run, "coco": stage_coco.run}
 
 
 def run(params: Params, args: argparse.Namespace | None = None) -> dict[str, Any]:
+    check_writable_dir(params.benchmark.out, what=f"benchmark.{params.benchmark.kind}.out")
     manifest = STAGERS[params.benchmark.kind](params.benchmark.stage)
     return {"kind": params.benchmark.kind, "out": str(params.benchmark.out), "splits": manifest.get("splits")}
 

@@ -20,6 +20,7 @@ from fsdino.data import coco
 from fsdino.data.benchmark import write_benchmark
 from fsdino.data.train_lists import filter_train_pairs
 from fsdino.errors import InputError
+from fsdino.io.atomic import check_writable_dir
 
 
 class CocoStageConfig(TrainListOptions):
@@ -34,12 +35,15 @@ class CocoStageConfig(TrainListOptions):
 
 
 def _check_images(source: coco.CocoInstances) -> None:
+    """Every listed image exists and its header is readable and gives the JSON's size (no decoding)."""
     for index in range(len(source)):
         if not source.image_path(index).is_file():
             raise InputError(f"{source.image_path(index)}: image listed in {source.annotation_path.name} not found")
+        source.check_image(index)
 
 
 def run(config: CocoStageConfig) -> dict[str, Any]:
+    check_writable_dir(config.out, what="out")
     sources = {split: coco.CocoInstances(config.root, split, config.include_crowd) for split in coco.SPLITS}
     train, val = sources["train2014"], sources["val2014"]
     if len(val.categories) != coco.NUM_CLASSES:

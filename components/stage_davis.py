@@ -20,6 +20,7 @@ from fsdino.data import davis
 from fsdino.data.benchmark import write_benchmark
 from fsdino.data.imageio import check_label_header
 from fsdino.errors import InputError
+from fsdino.io.atomic import check_writable_dir
 
 
 class DavisStageConfig(BaseModel):
@@ -35,6 +36,7 @@ class DavisStageConfig(BaseModel):
 
 
 def run(config: DavisStageConfig) -> dict[str, Any]:
+    check_writable_dir(config.out, what="out")
     source = davis.Davis17(config.root, config.split, config.resolution)
     for index in range(len(source)):
         if config.check_images or index == source.first_frame(source.sequence(index)):

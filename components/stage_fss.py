@@ -20,6 +20,7 @@ from fsdino.data import fss
 from fsdino.data.benchmark import write_benchmark
 from fsdino.data.imageio import image_size
 from fsdino.errors import InputError
+from fsdino.io.atomic import check_writable_dir
 
 
 class FssStageConfig(BaseModel):
@@ -62,6 +63,7 @@ def official_lists(config: FssStageConfig) -> Path | None:
 
 
 def run(config: FssStageConfig) -> dict[str, Any]:
+    check_writable_dir(config.out, what="out")
     source = fss.FSS1000(config.root)
     lists = official_lists(config)
     classes = fss.split_classes(source.class_names, lists, config.seed)

@@ -24,7 +24,8 @@ from components.params import DEFAULT_PARAMS, section_values, validate
 from fsdino.data import pascal
 from fsdino.data.benchmark import write_benchmark
 from fsdino.data.train_lists import TrainListRule, filter_train_pairs
-from fsdino.errors import InputError
+from fsdino.errors import InputError, report_error
+from fsdino.io.atomic import check_writable_dir
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 Folds = list[int]
@@ -100,6 +101,7 @@ def write_pascal_benchmark(
 
 
 def run(config: PascalStageConfig) -> dict[str, Any]:
+    check_writable_dir(config.out, what="out")
     return write_pascal_benchmark(
         config.root,
         config.out,
@@ -155,9 +157,8 @@ def stage_main(
     try:
         config = build_config(model, argv, section, description)
         manifest = run_stage(config)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        return report_error(error)
     large = ("splits", "classes", "folds", "sequences")
     summary = {key: value for key, value in manifest.items() if key not in large}
     summary["splits"] = {name: entry["pairs"] for name, entry in manifest.get("splits", {}).items()}

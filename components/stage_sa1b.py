@@ -39,8 +39,8 @@ from tqdm import tqdm
 from components.downloads import Checksum, RetryPolicy, download, file_digest, open_http, open_s3, verify_file
 from components.params import DEFAULT_PARAMS, read_yaml, validate
 from fsdino.data.sa1b import index_sa1b_tar, write_manifest
-from fsdino.errors import InputError
-from fsdino.io.atomic import write_text_atomic
+from fsdino.errors import InputError, report_error
+from fsdino.io.atomic import check_writable_dir, write_text_atomic
 
 SECTION = "stage_sa1b"
 TAR_NAME = re.compile(r"^sa_\d{6}\.tar$")
@@ -341,6 +341,8 @@ def _tar_entry(record: dict, output_dir: Path) -> dict[str, Any]:
 
 def run(config: StageSA1BConfig) -> dict[str, Any]:
     """Stage the subset described by ``config``; returns a summary (selection, counts, bytes fetched)."""
+    check_writable_dir(config.output_dir, what=f"{SECTION}.output_dir")
+    check_writable_dir(config.store_dir, what=f"{SECTION}.store_dir")
     config.check_source()
     if config.source == "synthetic":
         config = _generate_synthetic_tars(config)
@@ -424,9 +426,8 @@ def config_from_args(argv: list[str] | None) -> StageSA1BConfig:
 def main(argv: list[str] | None = None) -> int:
     try:
         summary = run(config_from_args(argv))
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # a user error (or a full disk) is one line; anything else keeps its traceback
+        return report_error(error)
     print(
         f"staged {summary['images']} images from {len(summary['used'])} of {summary['pool']} tars "
         f"({summary['downloaded_tars']} downloaded, {summary['bytes_downloaded']} bytes) → {summary['manifest']}"

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from components.stage_pascal import stage_main, write_pascal_benchmark
 from fsdino.data.synthetic import SyntheticSpec, write_synthetic_pascal
 from fsdino.data.synthetic_shapes import NUM_CLASSES, class_names
+from fsdino.io.atomic import check_writable_dir
 
 
 class SyntheticStageConfig(BaseModel):
@@ -42,6 +43,7 @@ class SyntheticStageConfig(BaseModel):
 
 
 def run(config: SyntheticStageConfig) -> dict[str, Any]:
+    check_writable_dir(config.out, what="out")
     spec = SyntheticSpec(**config.model_dump(exclude={"out"}))
     write_synthetic_pascal(config.out, spec)
     return write_pascal_benchmark(

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,15 @@ def verify_sha256(path: Path, expected: str | None) -> None:
         raise InputError(f"{path}: sha256 mismatch: expected {expected}, got {actual} (corrupt or wrong file)")
 
 
+def _torch_reason(error: Exception) -> str:
+    """The first sentence of torch's message, unless it gives advice about ``weights_only`` (never safe to pass on)."""
+    text = str(error).strip()
+    first_sentence = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
+    if not first_sentence or "weights_only" in text:
+        return f"truncated or another format: {type(error).__name__}"
+    return first_sentence
+
+
 def load_weights_file(path: Path | str, sha256: str | None = None) -> dict[str, Any]:
     """Load a weights file safely (``weights_only=True``) after checking it exists and its checksum."""
     path = Path(path)
@@ -59,10 +70,22 @@ def load_weights_file(path: Path | str, sha256: str | None = None) -> dict[str, 
         raise InputError(f"{path}: checkpoint not found")
     verify_sha256(path, sha256)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A foreign pickle makes torch warn about its protocol before failing: the error below says it all.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message advises retrying with weights_only=False, which would run code from the file: never.
+        raise InputError(
+            f"{path}: not a readable PyTorch weights file (expected tensors and plain containers saved with "
+            "torch.save; this file is truncated, in another format, or holds other Python objects, which are "
+            "never unpickled)"
+        ) from error
     except Exception as error:  # torch raises many types for truncated or foreign files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path}: not a readable PyTorch weights file ({first_line})") from error
+        raise InputError(
+            f"{path}: not a readable PyTorch weights file ({_torch_reason(error)}; expected tensors and plain "
+            "containers saved with torch.save)"
+        ) from error
     if not isinstance(loaded, dict):
         raise InputError(f"{path}: expected a dict of tensors, got {type(loaded).__name__}")
     return loaded

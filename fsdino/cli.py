@@ -1,7 +1,8 @@
 """The ``fsdino`` command: ``segment`` images from a few examples, ``score`` predictions with the standard
 protocol, ``info`` about a model variant.
 
-Bad input ends with one line on stderr (``fsdino: error: …``), exit code 2, and nothing written.
+Bad input ends with one line on stderr (``fsdino: error: …``), exit code 2, and nothing written. So does an
+``--out`` that cannot be written (checked before any work) or a disk that fills up while writing.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from typing import get_args
 from pydantic import ValidationError
 
 from fsdino.config import EncoderConfig, EncoderName, ModelConfig, Variant
-from fsdino.errors import InputError
-
-EXIT_INPUT_ERROR = 2
+from fsdino.errors import InputError, report_error
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -82,10 +81,12 @@ def _output_paths(queries: Sequence[Path], out: Path) -> list[tuple[Path, Path]]
 
 def run_segment(args: argparse.Namespace) -> int:
     from fsdino.inference import Segmenter
-    from fsdino.io.images import read_image, read_support_mask, write_mask, write_rgb
+    from fsdino.io.atomic import check_writable_dir, write_files_atomic
+    from fsdino.io.images import mask_png, read_image, read_support_mask, rgb_png
     from fsdino.viz import overlay_mask
 
-    # Read and validate every input before anything is computed or written.
+    # Check the output folder and every input before anything is computed or written.
+    check_writable_dir(args.out, what="--out")
     support_images, support_masks = [], []
     for image_path, mask_path in args.support:
         image = read_image(image_path)
@@ -94,8 +95,6 @@ def run_segment(args: argparse.Namespace) -> int:
     query_paths = [Path(q) for q in args.query]
     queries = [read_image(path) for path in query_paths]
     outputs = _output_paths(query_paths, args.out)
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"{args.out}: --out exists and is not a folder")
 
     if args.checkpoint is None:
         print("fsdino: warning: no --checkpoint given: segmenting with UNTRAINED weights", file=sys.stderr)
@@ -105,10 +104,9 @@ def run_segment(args: argparse.Namespace) -> int:
     segmenter.set_support(support_images, support_masks)
     masks = segmenter.segment(queries, threshold=args.threshold)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     for image, mask, (mask_path, overlay_path) in zip(queries, masks, outputs, strict=True):
-        write_mask(mask_path, mask)
-        write_rgb(overlay_path, overlay_mask(image, mask))
+        # A query's mask and overlay appear together or not at all (a full disk leaves neither).
+        write_files_atomic({mask_path: mask_png(mask), overlay_path: rgb_png(overlay_mask(image, mask))})
         print(f"{mask_path}\t{overlay_path}\tforeground={mask.mean():.3f}")
     return 0
 
@@ -134,14 +132,17 @@ def run_score(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from fsdino.evaluation.scoring import score_folder
-    from fsdino.io.atomic import atomic_path, write_json_atomic
+    from fsdino.io.atomic import check_writable_dir, json_text, write_files_atomic
 
+    if args.out is not None:
+        check_writable_dir(args.out, what="--out")
     meter, rows = score_folder(args.pred, args.gt, args.classes)
     report = {**meter.summary(), "class_iou": {str(k): v for k, v in meter.class_iou().items()}}
     if args.out is not None:
-        write_json_atomic(args.out / "metrics.json", report)
-        with atomic_path(args.out / "per_pair.csv") as temporary:
-            pd.DataFrame(rows).to_csv(temporary, index=False)
+        write_files_atomic({
+            args.out / "metrics.json": json_text(report).encode(),
+            args.out / "per_pair.csv": pd.DataFrame(rows).to_csv(index=False).encode(),
+        })  # fmt: skip
     print(json.dumps(report, indent=2))
     return 0
 
@@ -151,9 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"segment": run_segment, "info": run_info, "score": run_score}
     try:
         return handlers[args.command](args)
-    except InputError as error:
-        print(f"fsdino: error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+    except Exception as error:
+        return report_error(error, prefix="fsdino: error")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
+import collections
 import hashlib
+import os
 import pickle
+import stat
 
 import pytest
 import timm
@@ -151,3 +154,31 @@ def test_a_non_dinov2_file_is_refused_as_encoder_weights(tmp_path):
     write_sam_checkpoint(path)
     with pytest.raises(InputError, match=r"sam\.pth: "):
         build_encoder(EncoderConfig(name="vit_small_patch14_dinov2", weights=str(path)), image_size=70)
+
+
+@pytest.mark.parametrize("content", ["foreign pickle", "garbage", "cut short"])
+def test_an_unreadable_checkpoint_says_what_was_expected_never_to_unpickle_it(tmp_path, content, recwarn):
+    path = tmp_path / "model.pt"
+    if content == "foreign pickle":
+        path.write_bytes(pickle.dumps({"format": collections.Counter("ab")}))
+    elif content == "garbage":
+        path.write_bytes(b"hello garbage")
+    else:
+        torch.save({"a": torch.zeros(100)}, path)
+        path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(InputError) as caught:
+        read_checkpoint(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a readable PyTorch weights file (") and "\n" not in message
+    assert "expected tensors and plain containers saved with torch.save" in message
+    assert "weights_only" not in message and "trusted source" not in message
+    assert not [w for w in recwarn if "pickle" in str(w.message)]  # torch's protocol warning is not passed on
+
+
+def test_a_checkpoint_is_readable_by_others_under_the_usual_umask(tmp_path, tiny_models):
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "model.pt", tiny_models["full"], tiny_config("full"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "model.pt").stat().st_mode) == 0o644

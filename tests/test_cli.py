@@ -1,6 +1,8 @@
 """The ``fsdino`` command, run as a user would: a real subprocess on generated images."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ from PIL import Image
 from fsdino.checkpoints import save_checkpoint
 from fsdino.cli import main
 from tests.conftest import tiny_config, write_scene
+from tests.filesystems import PAGE, UNWRITABLE, files_under, fill, tmpfs, unwritable
 
 FSDINO = [sys.executable, "-m", "fsdino.cli"]
 TINY = ["--encoder", "vit_small_patch14_dinov2", "--image-size", "70"]
@@ -111,3 +114,47 @@ def test_info_reports_counts_and_shapes_as_json():
     assert report["parameters"]["correlation_4d"] == 0
     assert report["parameters"]["semantic_visual_prompt"] > 0
     assert report["parameters"]["total_trainable"] < report["parameters"]["total"]
+
+
+@pytest.mark.parametrize("case", UNWRITABLE)
+def test_an_unwritable_out_is_refused_before_the_model_runs(tmp_path, scenes, case, capsys, monkeypatch):
+    from fsdino.inference import Segmenter
+
+    def no_model(*_, **__):
+        raise AssertionError("the model was built before --out was checked")
+
+    monkeypatch.setattr(Segmenter, "untrained", no_model)
+    (support, mask), (query, _) = scenes["s1"], scenes["q1"]
+    with unwritable(tmp_path, case) as out:
+        assert main(["segment", "--support", str(support), str(mask), "--query", str(query), "--out", str(out)]) == 2
+        assert not out.exists()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fsdino: error: {out}: --out "), lines
+
+
+def test_a_full_disk_leaves_no_mask_without_its_overlay(tmp_path, scenes, capsys):
+    (support, mask), (query, _) = scenes["s1"], scenes["q1"]
+    with tmpfs(tmp_path / "small") as small:
+        out = small / "out"
+        out.mkdir()
+        fill(small, leave=PAGE)  # room for the mask PNG (one page), not for the overlay
+        args = ["segment", "--support", str(support), str(mask), "--query", str(query), "--out", str(out), *TINY]
+        assert main(args) == 2
+        assert files_under(small) == []
+    lines = [line for line in capsys.readouterr().err.splitlines() if "UNTRAINED" not in line]
+    assert lines == [
+        f"fsdino: error: {out}/q1_mask.png, {out}/q1_overlay.png: cannot write: No space left on device "
+        "(nothing was written; free some space or choose another output folder)"
+    ]
+
+
+def test_masks_and_overlays_are_readable_by_others_under_the_usual_umask(tmp_path, scenes):
+    (support, mask), (query, _) = scenes["s1"], scenes["q1"]
+    previous = os.umask(0o022)
+    try:
+        args = ["segment", "--support", str(support), str(mask), "--query", str(query), "--out", str(tmp_path / "o")]
+        assert main([*args, *TINY]) == 0
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "o").iterdir()}
+    assert modes == {"q1_mask.png": 0o644, "q1_overlay.png": 0o644}

@@ -146,3 +146,51 @@ def test_trains_covers_exactly_the_train_and_ablation_runs():
     params = _demo()
     assert params.trains("full", 3, 5) and params.trains("ba_pcs", 0, 1)
     assert not params.trains("ba_pcs", 1, 1) and not params.trains("full", 0, 2)
+
+
+@pytest.mark.parametrize(
+    ("dropped", "message"),
+    [
+        ("everything", r"missing section 'profile' \(\+13 more\): a params file holds every section"),
+        ("benchmark", "missing section 'benchmark': a params file holds every section"),
+        ("train", "missing section 'train': "),
+        ("model", "missing section 'model': "),
+    ],
+)
+def test_a_params_file_without_a_section_is_refused_naming_it(tmp_path, dropped, message):
+    from components.config import load_params
+    from components.profile import render
+
+    values = {} if dropped == "everything" else yaml.safe_load(render("demo"))
+    values.pop(dropped, None)
+    path = write(tmp_path, yaml.safe_dump(values) if values else "")
+    with pytest.raises(InputError, match=rf"^{path}: {message}.*`python -m components\.profile <name>`\)$"):
+        load_params(path)
+
+
+def test_a_missing_benchmark_section_stages_nothing(tmp_path, monkeypatch, capsys):
+    from components import stage_benchmark
+    from components.profile import render
+
+    monkeypatch.chdir(tmp_path)
+    values = yaml.safe_load(render("demo", Path(__file__).parents[1] / "profiles"))
+    del values["benchmark"]
+    assert stage_benchmark.main(["--params", str(write(tmp_path, yaml.safe_dump(values)))]) == 2
+    assert capsys.readouterr().err.startswith("error: ") and sorted(p.name for p in tmp_path.iterdir()) == [
+        "params.yaml"
+    ]
+
+
+@pytest.mark.parametrize("profile", ["demo", "paper-pascal", "paper-coco", "tests/pipeline/tiny_profile.yaml"])
+def test_every_rendered_profile_is_a_complete_params_file(tmp_path, profile):
+    """What a step reads must be complete: every shipped profile, and the tests' tiny one, renders so."""
+    from components.config import load_params
+    from components.profile import render
+
+    profiles = Path("profiles")
+    if profile.endswith(".yaml"):
+        profiles = tmp_path / "profiles"
+        profiles.mkdir()
+        (profiles / "tiny.yaml").write_text(Path(profile).read_text())
+        profile = "tiny"
+    assert load_params(write(tmp_path, render(profile, profiles))).profile == profile

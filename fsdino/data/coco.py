@@ -26,7 +26,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from fsdino.data.base import SegmentationSource
-from fsdino.data.imageio import read_rgb
+from fsdino.data.imageio import image_size, read_rgb
 from fsdino.data.splits import Pair, sort_pairs
 from fsdino.errors import InputError
 
@@ -166,14 +166,24 @@ class CocoInstances(SegmentationSource):
     def _instances(self, index: int) -> list[Instance]:
         return [item for item in self._images[index].instances if self.include_crowd or not item.iscrowd]
 
+    def _check_size(self, index: int, height: int, width: int) -> None:
+        expected = (self._images[index].height, self._images[index].width)
+        if (height, width) != expected:
+            raise InputError(
+                f"{self.image_path(index)}: image is {width}x{height} but {self.annotation_path.name} says "
+                f"{expected[1]}x{expected[0]} (expected the JSON's width x height)"
+            )
+
+    def check_image(self, index: int) -> None:
+        """Raise :class:`InputError` unless the image file exists, has a readable header and the JSON's size.
+
+        Reads the header only (no decoding): a file cut short after its header is found at load time.
+        """
+        self._check_size(index, *image_size(self.image_path(index)))
+
     def load_image(self, index: int) -> np.ndarray:
         image = read_rgb(self.image_path(index))
-        expected = (self._images[index].height, self._images[index].width)
-        if image.shape[:2] != expected:
-            raise InputError(
-                f"{self.image_path(index)}: image is {image.shape[1]}x{image.shape[0]} but "
-                f"{self.annotation_path.name} says {expected[1]}x{expected[0]}"
-            )
+        self._check_size(index, *image.shape[:2])
         return image
 
     def load_mask(self, index: int, class_id: int) -> np.ndarray:

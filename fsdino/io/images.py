@@ -7,13 +7,14 @@ Palette PNGs are read by index, never through their colours.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fsdino.errors import InputError
-from fsdino.io.atomic import atomic_path
+from fsdino.io.atomic import write_bytes_atomic
 
 ALLOWED_MASK_VALUES = frozenset({0, 1, 255})
 IGNORE_VALUE = 255
@@ -79,16 +80,22 @@ def read_support_mask(path: Path | str, expected_size: tuple[int, int]) -> np.nd
     return mask
 
 
-def _atomic_save(image: Image.Image, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        image.save(temporary, format="PNG")
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A binary H×W mask encoded as an 8-bit PNG with values {0, 255}."""
+    return _png_bytes(Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8), mode="L"))
+
+
+def rgb_png(image: np.ndarray) -> bytes:
+    """An H×W×3 uint8 image encoded as PNG."""
+    return _png_bytes(Image.fromarray(image.astype(np.uint8), mode="RGB"))
 
 
 def write_mask(path: Path | str, mask: np.ndarray) -> None:
     """Write a binary H×W mask as an 8-bit PNG with values {0, 255}, atomically."""
-    _atomic_save(Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8), mode="L"), Path(path))
-
-
-def write_rgb(path: Path | str, image: np.ndarray) -> None:
-    """Write an H×W×3 uint8 image as PNG, atomically."""
-    _atomic_save(Image.fromarray(image.astype(np.uint8), mode="RGB"), Path(path))
+    write_bytes_atomic(path, mask_png(mask))

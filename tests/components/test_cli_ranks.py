@@ -52,7 +52,10 @@ def test_only_rank_0_prints_the_summary(
 ) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"tracking": {"tracking_uri": sqlite_tracking}}))
+    # a complete file, as a step reads it (a missing section is an error)
+    path.write_text(
+        yaml.safe_dump(Params(tracking=TrackingConfig(tracking_uri=sqlite_tracking)).model_dump(mode="json"))
+    )
     monkeypatch.setenv("RANK", rank)
     code = params_main(lambda params, args: {"epochs": 3}, ["--params", str(path)], "test", stage_name=lambda _: "x")
     assert code == 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from fsdino.data.benchmark import open_split
 from fsdino.data.imageio import write_text_atomic
 from fsdino.data.splits import read_pairs
 from tests.data.mini_datasets import COCO_CATEGORY_IDS, DAVIS_SEQUENCES, FSS_CLASSES, FSS_IMAGES_PER_CLASS
+from tests.filesystems import run_in_empty_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,9 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def _no_params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run from an empty folder, so that a repository ``params.yaml`` cannot leak into these tests."""
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
+    run_in_empty_folder(tmp_path, monkeypatch)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -193,3 +194,53 @@ def test_default_synthetic_benchmark_is_quick_and_covers_every_fold(tmp_path: Pa
     for fold in range(4):
         pairs = read_pairs(tmp_path / "a" / "splits" / f"fold{fold}_val.txt")
         assert {class_id for _, class_id in pairs} == set(range(5 * fold + 1, 5 * fold + 6))
+
+
+def test_the_documented_command_with_the_whole_pipeline_params_yaml(voc_root: Path, tmp_path: Path) -> None:
+    """docs/data.md's ``--params params.yaml --section …`` line, run as written on the repository's params.yaml."""
+    line = next(
+        line for line in (REPO / "docs" / "data.md").read_text().splitlines()
+        if line.startswith("python -m components.stage_pascal --params")
+    )  # fmt: skip
+    workdir = Path.cwd()
+    shutil.copyfile(REPO / "params.yaml", workdir / "params.yaml")
+    arguments = shlex.split(line)[1:]
+    (workdir / arguments[arguments.index("--root") + 1]).parent.mkdir(parents=True)
+    shutil.copytree(voc_root, workdir / arguments[arguments.index("--root") + 1])
+    result = subprocess.run(
+        [sys.executable, *arguments], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    assert result.returncode == 0, result.stderr
+    out = workdir / arguments[arguments.index("--out") + 1]
+    assert json.loads((out / "manifest.json").read_text())["dataset"] == "pascal"
+
+
+def test_a_nested_section_is_named_with_dots(voc_root: Path, tmp_path: Path, capsys) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(f"benchmark:\n  kind: pascal\n  pascal:\n    root: {voc_root}\n    out: {tmp_path / 'a'}\n"
+                      "    folds: [1]\n")  # fmt: skip
+    assert stage_pascal.main(["--params", str(params), "--section", "benchmark.pascal"]) == 0
+    assert sorted(p.name for p in (tmp_path / "a" / "splits").iterdir()) == ["fold1_train.txt", "fold1_val.txt"]
+    capsys.readouterr()
+    assert stage_pascal.main(["--params", str(params), "--section", "benchmark.coco"]) == 2
+    assert _error_line(capsys) == (
+        f"error: {params}: missing section 'benchmark.coco' (top-level sections: benchmark; name a nested one "
+        "with dots, as benchmark.pascal)\n"
+    )
+
+
+@pytest.mark.parametrize("case", ["garbage file", "size differs from the JSON"])
+def test_coco_staging_reads_every_image_header(
+    coco_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    image = sorted((coco_root / "val2014").iterdir())[0]
+    if case == "garbage file":
+        image.write_bytes(b"not a jpeg at all")
+        expected = f"error: {image}: cannot read the file ("
+    else:
+        Image.new("RGB", (16, 16)).save(image, format="JPEG")
+        expected = f"error: {image}: image is 16x16 but instances_val2014.json says 32x24 (expected the JSON's"
+    out = tmp_path / "staged"
+    assert stage_coco.main(["--root", str(coco_root), "--out", str(out)]) == 2
+    assert _error_line(capsys).startswith(expected)
+    assert not out.exists()

@@ -1,10 +1,13 @@
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fsdino.cli import main
+from tests.filesystems import UNWRITABLE, files_under, fill, tmpfs, unwritable
 
 
 def save(path, array):
@@ -50,3 +53,41 @@ def test_a_non_binary_prediction_is_refused(folders, capsys):
     args = ["score", "--pred", str(folders / "pred"), "--gt", str(folders / "gt")]
     assert main([*args, "--classes", str(folders / "pairs.txt")]) == 2
     assert "expected a binary mask" in capsys.readouterr().err
+
+
+def score_args(folders, out):
+    return ["score", "--pred", str(folders / "pred"), "--gt", str(folders / "gt"), "--classes",
+            str(folders / "pairs.txt"), "--out", str(out)]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", UNWRITABLE)
+def test_an_unwritable_out_is_one_line_and_exit_2(folders, capsys, case):
+    with unwritable(folders, case) as out:
+        assert main(score_args(folders, out)) == 2
+        assert not out.exists()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fsdino: error: {out}: --out "), lines
+
+
+def test_a_full_disk_is_one_line_exit_2_and_writes_neither_file(folders, capsys):
+    with tmpfs(folders / "small") as small:
+        out = small / "scores"
+        out.mkdir()
+        fill(small)
+        assert main(score_args(folders, out)) == 2
+        assert files_under(small) == []  # neither metrics.json nor per_pair.csv, no temporary
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"fsdino: error: {out}/metrics.json, {out}/per_pair.csv: cannot write: No space left on device "
+        "(nothing was written; free some space or choose another output folder)"
+    ]
+
+
+def test_outputs_are_readable_by_others_under_the_usual_umask(folders):
+    previous = os.umask(0o022)
+    try:
+        assert main(score_args(folders, folders / "scores")) == 0
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (folders / "scores").iterdir()}
+    assert modes == {"metrics.json": 0o644, "per_pair.csv": 0o644}
