@@ -57,6 +57,19 @@ def _handler(root: Path, sent: Counter, delay_s: float) -> type[BaseHTTPRequestH
 
 
 @contextlib.contextmanager
+def running(server: ThreadingHTTPServer) -> Iterator[str]:
+    """Run ``server`` in a thread; yields its base URL and shuts it down afterwards."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@contextlib.contextmanager
 def serve(root: Path, *, delay_s: float = 0.0) -> Iterator[tuple[str, Counter]]:
     """Serve ``root`` on a free port of 127.0.0.1, sleeping ``delay_s`` after each 16 KiB chunk.
 
@@ -65,11 +78,5 @@ def serve(root: Path, *, delay_s: float = 0.0) -> Iterator[tuple[str, Counter]]:
     sent: Counter = Counter()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(root, sent, delay_s))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", sent
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with running(server) as url:
+        yield url, sent

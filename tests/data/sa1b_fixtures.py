@@ -6,13 +6,13 @@ import contextlib
 import io
 import re
 import tarfile
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from benchmarks.range_server import running
 from fsdino.data.synthetic_sa1b import TAR_MTIME, add_tar_member
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
@@ -81,15 +81,8 @@ def _handler(state: ServedFiles) -> type[BaseHTTPRequestHandler]:
 def serve_directory(root: Path) -> Iterator[tuple[str, ServedFiles]]:
     """Serve ``root`` on 127.0.0.1 (a free port); yields (base URL, :class:`ServedFiles`)."""
     state = ServedFiles(root=root)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with running(ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))) as url:
+        yield url, state
 
 
 def write_tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
