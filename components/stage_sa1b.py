@@ -293,6 +293,8 @@ class _Stager:
         record = read_record(config.store_dir, name)
         if record_is_current(record, path, config):
             return {"record": record, "fetched": 0, "reused": True}
+        if record is not None:  # it no longer vouches for the file: a check failing below must not leave it behind
+            _record_path(config.store_dir, name).unlink(missing_ok=True)
         wanted = config.checksums.get(name)
         checksum = Checksum.parse(wanted) if wanted else None
         path, fetched = self.store.obtain(

@@ -6,6 +6,7 @@ import contextlib
 import io
 import re
 import tarfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ class ServedFiles:
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
     drop_after: dict[str, int] = field(default_factory=dict)  # path → cut the body after this many bytes, once
     fail_once: dict[str, int] = field(default_factory=dict)  # path → answer this HTTP status, once
+    delay_s: dict[str, float] = field(default_factory=dict)  # path → wait this long before answering, always
+    finished: list[str] = field(default_factory=list)  # paths whose whole response was sent, in that order
     ignore_range: bool = False
 
 
@@ -42,6 +45,7 @@ def _handler(state: ServedFiles) -> type[BaseHTTPRequestHandler]:
             range_header = self.headers.get("Range")
             state.requests.append((name, range_header))
             path = state.root / name
+            time.sleep(state.delay_s.get(name, 0.0))
             if name in state.fail_once:
                 self.send_error(state.fail_once.pop(name))
                 return
@@ -72,7 +76,9 @@ def _handler(state: ServedFiles) -> type[BaseHTTPRequestHandler]:
                 body = body[:cut]
                 self.close_connection = True
             self.wfile.write(body)
+            self.wfile.flush()
             state.bytes_sent[name] += len(body)
+            state.finished.append(name)
 
     return RangeHandler
 

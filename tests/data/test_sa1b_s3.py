@@ -66,7 +66,11 @@ def test_s3_listing_selection_manifest_and_idempotence(bucket, moto_endpoint, tm
         (release.tar_paths[0].parent / tar).stat().st_size for tar in first["selected"]
     )
     manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
-    assert len(manifest) == 3 * 2 and set(manifest["tar"]) == set(first["selected"])
+    assert len(manifest) == 3 * 2 and list(dict.fromkeys(manifest["tar"])) == first["selected"]  # fetched at once
+    stored = tmp_path / "out-store" / "tars"
+    assert sorted(path.name for path in stored.iterdir()) == sorted(first["selected"])
+    for tar in first["selected"]:
+        assert (stored / tar).read_bytes() == (release.tar_paths[0].parent / tar).read_bytes()
     second = run(config)
     assert (second["bytes_downloaded"], second["downloaded_tars"], second["reused_tars"]) == (0, 0, 3)
 
@@ -91,6 +95,8 @@ def test_s3_errors_name_the_object(bucket, moto_endpoint, tmp_path):
     wrong = {tar.name: "sha256:" + "1" * 64 for tar in release.tar_paths}
     with pytest.raises(InputError, match=r"sa_\d{6}\.tar: sha256 mismatch"):
         run(make_config(name, endpoint_url=moto_endpoint, num_tars=1, checksums=wrong, output_dir=tmp_path / "a"))
+    store = tmp_path / "a-store"
+    assert not list((store / "tars").iterdir()) and not (store / "records").exists()  # rejected: nothing kept
     links = tmp_path / "links.tsv"
     links.write_text("file_name\tcdn_link\nsa_000999.tar\thttps://expired.invalid/sa_000999.tar\n")
     config = make_config(name, endpoint_url=moto_endpoint, links_file=links, num_tars=1, output_dir=tmp_path / "b")

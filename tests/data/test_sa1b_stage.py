@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from components.stage_sa1b import StageSA1BConfig, main, run, select_tars
-from fsdino.data.sa1b import MANIFEST_COLUMNS
+from fsdino.data.sa1b import MANIFEST_COLUMNS, read_manifest
 from fsdino.data.synthetic_sa1b import write_links_file, write_synthetic_sa1b
 from fsdino.errors import InputError
 from tests.data.sa1b_fixtures import jpeg_bytes, serve_directory, symlink_member, write_tar
@@ -246,12 +246,30 @@ def test_max_images_then_more_restages_only_what_is_missing(release, tmp_path):
     one_at_a_time = {"source": "local", "tar_dir": tar_dir, "num_tars": 3, "download_workers": 1}
     first = run(make_config(**one_at_a_time, max_images=4, output_dir=output))
     assert first["images"] == 4 and first["used"] == first["selected"][:2] and len(records_of(output)) == 2
+    assert len(pd.read_parquet(output / "manifest.parquet")) == 4
     second = run(make_config(**one_at_a_time, output_dir=output))
     # the two tars of the first run are indexed whole, so only the third is new
     assert (second["reused_tars"], second["staged_tars"], second["images"]) == (2, 1, 9)
-    # with a window of 4 tars in flight, the ones started before the cap was reached are staged too
-    ahead = run(make_config(**{**one_at_a_time, "download_workers": 4}, max_images=4, output_dir=tmp_path / "w"))
-    assert ahead["images"] == 4 and len(records_of(tmp_path / "w")) == 3
+
+
+def test_max_images_lets_started_tars_finish_and_never_starts_the_rest(release, tmp_path):
+    names = [path.name for path in release.tar_paths]
+    selected = select_tars(names, seed=0, fraction=1.0)
+    with serve_directory(release.tar_paths[0].parent) as (url, served):
+        links = write_links_file(tmp_path / "links.tsv", names, url)
+        served.delay_s[selected[0]] = 0.5  # the 2nd and 3rd tars of the window start while the 1st is served
+        config = make_config(
+            links_file=links, fraction=1.0, download_workers=3, max_images=4, output_dir=tmp_path / "out"
+        )
+        summary = run(config)
+    assert summary["images"] == 4 and summary["used"] == selected[:2]  # 3 images a tar: the cap falls in the 2nd
+    recorded = {path.stem + ".tar" for path in records_of(tmp_path / "out")}
+    # the window holds 3 tars: the 3rd was running when the cap was reached and is kept for the next run; the
+    # 4th was queued when the 1st came back (started or cancelled, as the threads went); the rest never started
+    assert set(selected[:3]) <= recorded <= set(selected[:4])
+    requested = {name for name, _ in served.requests}
+    assert set(selected[:3]) <= requested <= set(selected[:4])
+    assert sorted(p.name for p in tars_of(tmp_path / "out").iterdir()) == sorted(recorded)
 
 
 def test_unreadable_jpeg_is_skipped_with_a_warning(tmp_path):
@@ -265,15 +283,24 @@ def test_unreadable_jpeg_is_skipped_with_a_warning(tmp_path):
 
 def test_cli_reads_the_params_section_and_flags(release, tmp_path, capsys):
     params = tmp_path / "params.yaml"
-    params.write_text(f"stage_sa1b:\n  source: local\n  tar_dir: {release.tar_paths[0].parent}\n  fraction: 0.5\n")
-    assert (
-        main(["--params", str(params), "--output-dir", str(tmp_path / "out"), "--num-tars", "1", "--no-progress"]) == 0
+    params.write_text(
+        f"stage_sa1b:\n  source: local\n  tar_dir: {release.tar_paths[0].parent}\n  fraction: 0.5\n"
+        f"  store_dir: {tmp_path / 'store'}\n"
     )
-    assert "staged 3 images from 1 of 6 tars" in capsys.readouterr().out
+    flags = ["--output-dir", str(tmp_path / "out"), "--num-tars", "1", "--no-progress", "--index-json"]
+    assert main(["--params", str(params), *flags, "--download-workers", "2", "--verify", "checksum"]) == 0
+    assert "staged 3 images from 1 of 6 tars (0 downloaded, 0 bytes)" in capsys.readouterr().out
+    assert (read_manifest(tmp_path / "out" / "manifest.parquet")["json_offset"] > 0).all()  # --index-json
+    assert len(list((tmp_path / "store" / "records").glob("*.json"))) == 1  # the params file's store_dir
+    other_store = ["--store-dir", str(tmp_path / "other-store")]
+    assert main(["--params", str(params), *flags, *other_store]) == 0
+    assert len(list((tmp_path / "other-store" / "records").glob("*.json"))) == 1  # --store-dir wins
     assert main(["--params", str(params), "--source", "s3"]) == 2
     assert capsys.readouterr().err.strip() == "error: stage_sa1b.s3_bucket: required when source is 's3'"
     assert main(["--params", str(params), "--tar-dir", str(tmp_path / "missing")]) == 2
     assert "tar_dir not found" in capsys.readouterr().err
+    assert main(["--params", str(params), "--verify", "md5"]) == 2
+    assert "stage_sa1b.verify: Input should be 'size' or 'checksum' (got 'md5')" in capsys.readouterr().err
 
 
 def test_module_entry_point_reports_errors_on_one_line(tmp_path):
