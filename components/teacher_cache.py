@@ -23,13 +23,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import torch.distributed as dist
+
 from components.cli import params_main
 from components.config import Params
 from fsdino.config import TeacherConfig
 from fsdino.data.sa1b import SA1BImages, read_manifest
 from fsdino.models.teacher import SAM_PATCH_SIZE
 from fsdino.models.teacher_builder import build_teacher
-from fsdino.training.runtime import runtime
+from fsdino.training.runtime import Runtime, runtime
 from fsdino.training.teacher_cache import (
     CacheSpec,
     build_shards,
@@ -75,7 +77,7 @@ def run(params: Params, args: argparse.Namespace | None = None) -> dict[str, Any
             )  # fmt: skip
 
         mine = build(range(spec.num_shards)[rt.rank :: rt.world_size])
-        rt.barrier()
+        ranks = _gather(rt, mine)  # every rank's summary, once every rank is done
         if not rt.is_main:
             return {}
         waited = _finish_others(build, spec)
@@ -83,11 +85,21 @@ def run(params: Params, args: argparse.Namespace | None = None) -> dict[str, Any
     index = write_index(distill.teacher_cache, cache.dir, spec)
     return {
         "cache": str(distill.teacher_cache), "shards_dir": str(cache.dir), "images": len(spec.keys),
-        "shards": spec.num_shards, "computed": len(mine["computed"]) + len(waited["computed"]),
-        "reused": len(mine["reused"]), "invalid": mine["invalid"] + waited["invalid"],
+        "shards": spec.num_shards, "computed": sum(len(rank["computed"]) for rank in ranks) + len(waited["computed"]),
+        "reused": sum(len(rank["reused"]) for rank in ranks),
+        "invalid": sorted(pair for rank in ranks for pair in rank["invalid"]) + waited["invalid"],
         "bytes_per_image": index["bytes_per_image"], "teacher": spec.teacher_id,
         "rows_by_builder": shard_rows_by_rank(cache.dir, spec),
     }  # fmt: skip
+
+
+def _gather(rt: Runtime, summary: dict[str, list]) -> list[dict[str, list]]:
+    """The :func:`build_shards` summaries of all ranks (rank order), in every rank; also a barrier."""
+    if not rt.distributed:
+        return [summary]
+    gathered: list[dict[str, list] | None] = [None] * rt.world_size
+    dist.all_gather_object(gathered, summary)
+    return [rank for rank in gathered if rank is not None]
 
 
 def _finish_others(build, spec: CacheSpec) -> dict[str, list]:

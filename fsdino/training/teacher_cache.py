@@ -37,6 +37,7 @@ from fsdino.errors import InputError
 from fsdino.io.atomic import write_bytes_atomic, write_json_atomic
 from fsdino.io.claims import try_claim
 from fsdino.models.teacher import SamTeacher, to_student_grid
+from fsdino.progress import progress_disabled
 
 EMBED_DIM = 256
 STORED_DTYPE = torch.float16
@@ -91,8 +92,8 @@ def check_shard(cache_dir: Path, shard: int, spec: CacheSpec, *, checksum: bool 
     and the manifest (truncation), and each tensor's shape and dtype; ``checksum`` re-hashes the file.
     """
     tensors, manifest_path, _ = shard_files(cache_dir, shard)
-    if not manifest_path.is_file():
-        return "not built"
+    if not manifest_path.is_file():  # a tensor file alone: its builder stopped before the end, or a deleted manifest
+        return "manifest missing (tensor file without its manifest)" if tensors.is_file() else "not built"
     try:
         manifest = json.loads(manifest_path.read_text())
         rows = spec.rows(shard)
@@ -206,7 +207,7 @@ def build_shards(
     cache_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, list] = {"reused": [], "computed": [], "claimed_elsewhere": [], "invalid": []}
     teacher: SamTeacher | None = None
-    for shard in tqdm(list(shards), desc="teacher shards", unit="shard", disable=not progress):
+    for shard in tqdm(list(shards), desc="teacher shards", unit="shard", disable=not progress or progress_disabled()):
         reason = check_shard(cache_dir, shard, spec, checksum=checksum)
         if reason is None:
             summary["reused"].append(shard)
