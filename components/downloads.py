@@ -25,6 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fsdino.errors import InputError
+from fsdino.progress import progress_disabled
 
 CHUNK_SIZE = 1 << 20
 TRANSIENT_HTTP_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -248,7 +249,7 @@ def download(
                 unit="B",
                 unit_scale=True,
                 desc=destination.name,
-                disable=not progress,
+                disable=not progress or progress_disabled(),
             )
             with open(part.path, "ab") as handle, bar:
                 for chunk in body.chunks:

@@ -41,6 +41,7 @@ from components.params import DEFAULT_PARAMS, read_yaml, validate
 from fsdino.data.sa1b import index_sa1b_tar, write_manifest
 from fsdino.errors import InputError, report_error
 from fsdino.io.atomic import check_writable_dir, write_text_atomic
+from fsdino.progress import progress_disabled
 
 SECTION = "stage_sa1b"
 TAR_NAME = re.compile(r"^sa_\d{6}\.tar$")
@@ -360,7 +361,7 @@ def run(config: StageSA1BConfig) -> dict[str, Any]:
     tars: dict[str, dict[str, Any]] = {}
     stager = _Stager(config, store)
     results = _in_order(stager, selected, config.download_workers)
-    bar = tqdm(total=len(selected), desc="SA-1B tars", unit="tar", disable=not config.progress)
+    bar = tqdm(total=len(selected), desc="SA-1B tars", unit="tar", disable=not config.progress or progress_disabled())
     try:
         for name, future in results:
             outcome = future.result()

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from fsdino.evaluation.metrics import SegmentationMeter
 from fsdino.evaluation.voting import VOTE_THRESHOLD, ShotFusion, vote_fraction
+from fsdino.progress import progress_disabled
 from fsdino.training.runtime import Runtime
 
 Resolution = Literal["original", "input"]
@@ -114,7 +115,7 @@ def predict(
     """
     if shot_fusion not in ("model", "vote"):
         raise ValueError(f"shot_fusion: expected 'model' or 'vote', got {shot_fusion!r}")
-    for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress or progress_disabled(), leave=False):
         truths = list(batch["query_mask"]) if resolution == "input" else list(batch["query_mask_original"])
         predictions = _predictions(model, batch, runtime, truths, resolution, shot_fusion)
         classes = batch["class_id"].tolist()

@@ -12,9 +12,10 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from fsdino.errors import InputError
+from fsdino.progress import progress_disabled
 
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
 
@@ -193,10 +194,39 @@ def optimizer_step(
     scaler.update()
 
 
-def epoch_progress(loader: Iterable, total: int, done: int, description: str, runtime: Runtime) -> tqdm:
-    """A progress bar for one epoch (rank 0 only); in logs (no terminal) it updates every 30 s, not per step."""
+#: Seconds between two lines of an epoch bar when stderr is not a terminal (a log file, a Prefect worker).
+LOG_INTERVAL_S = 30.0
+
+
+class EpochBar(tqdm):
+    """tqdm for one epoch whose ``set_postfix`` never redraws (the bar redraws on its own interval, with the
+    right count) and which, in a log, writes each redraw as one whole line instead of carriage returns."""
+
+    def __init__(self, *args, log_lines: bool = False, **kwargs) -> None:
+        self._log_lines = log_lines
+        super().__init__(*args, **kwargs)
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = False, **kwargs) -> None:
+        super().set_postfix(ordered_dict, refresh=refresh, **kwargs)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if not self._log_lines:
+            return super().display(msg, pos)
+        if msg == "" or (msg is None and self.n == getattr(self, "_last_n", None)):
+            return True  # tqdm clearing the line, or closing on the count of the last line
+        self._last_n = self.n
+        self.fp.write((self.__str__() if msg is None else msg) + "\n")
+        self.fp.flush()
+        return True
+
+
+def epoch_progress(loader: Iterable, total: int, done: int, description: str, runtime: Runtime) -> EpochBar:
+    """A progress bar for one epoch (rank 0 only; off with ``TQDM_DISABLE=1``): live in a terminal; in a log
+    (stderr not a terminal) one line every :data:`LOG_INTERVAL_S` seconds with the count reached, and the
+    epoch's final line."""
     interactive = sys.stderr.isatty()
-    return tqdm(
-        loader, total=total, initial=done, desc=description, disable=not runtime.is_main, leave=False,
-        mininterval=0.1 if interactive else 30.0,
+    return EpochBar(
+        loader, total=total, initial=done, desc=description, disable=not runtime.is_main or progress_disabled(),
+        leave=not interactive, mininterval=0.1 if interactive else LOG_INTERVAL_S, log_lines=not interactive,
+        file=sys.stderr,
     )  # fmt: skip

@@ -10,7 +10,7 @@ count too. It follows them through ``fsdino``, ``components`` and ``pipelines``,
 module reached is covered by a declared dep (the file, or a folder above it). It does not follow, and
 does not require, :data:`NOT_OUTPUT_CODE`: modules that cannot change a stage's outputs. Those are the
 config schemas (every key is written out in ``params.yaml``, which DVC tracks), the CLI and MLflow
-plumbing, errors and atomic writes. Nor does it require package ``__init__`` files.
+plumbing, errors, atomic writes and the progress-bar switch. Nor does it require package ``__init__`` files.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ NOT_OUTPUT_CODE = frozenset({
     "components/cli.py", "components/tracking.py",  # argument parsing, work folders, MLflow logging
     "fsdino/errors.py", "fsdino/io/atomic.py",  # error types; write-then-rename
     "fsdino/io/claims.py",  # which process builds a teacher shard, not what the shard holds
+    "fsdino/progress.py",  # whether progress bars are drawn
 })  # fmt: skip
 
 
