@@ -31,7 +31,7 @@ from components.tracking_config import PROJECT_ROOT, TrackingConfig, resolve_tra
 from fsdino.errors import InputError
 from fsdino.io.atomic import write_text_atomic
 
-__all__ = ["PROJECT_ROOT", "RUN_ID_ENV", "TrackingConfig", "resolve_tracking_uri"]
+__all__ = ["PROJECT_ROOT", "RUN_ID_ENV", "TRACKING_URI_ENV", "TrackingConfig", "resolve_tracking_uri", "tracking_uri"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +43,37 @@ _BAD_KEY_CHARACTERS = re.compile(r"[^/\w.\- ]")
 MetricCallback = Callable[[Mapping[str, float], int], None]
 
 
+#: MLflow's own variable for the tracking server; when a user or a deployment sets it, it wins over params.
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+_exported: set[str] = set()  # values this process passed to mlflow.set_tracking_uri (which exports them)
+
+
+def environment_tracking_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI`` as the user, the deployment or the orchestrator set it; ``None`` when unset,
+    empty, or only the value this process itself configured (``mlflow.set_tracking_uri`` exports its argument
+    to the environment, so a second :func:`configure` in one process must not read its predecessor back)."""
+    value = os.environ.get(TRACKING_URI_ENV, "").strip()
+    return value if value and value not in _exported else None
+
+
+def tracking_uri(config: TrackingConfig, root: Path = PROJECT_ROOT) -> str:
+    """The tracking URI in effect: ``MLFLOW_TRACKING_URI`` when set, else ``tracking.tracking_uri`` (default
+    ``sqlite:///mlflow.db`` in ``root``); relative SQLite paths are resolved against ``root``."""
+    return resolve_tracking_uri(environment_tracking_uri() or config.tracking_uri, root)
+
+
 def configure(config: TrackingConfig, root: Path = PROJECT_ROOT) -> str:
-    """Point MLflow at ``config`` (process-wide tracking URI and experiment); returns the experiment id."""
-    tracking_uri = config.resolved_tracking_uri(root)
-    mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    """Point MLflow at the tracking URI in effect (:func:`tracking_uri`) and ``config``'s experiment
+    (process-wide); returns the experiment id."""
+    uri = tracking_uri(config, root)
+    mlflow.set_tracking_uri(uri)
+    _exported.add(uri)
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(config.experiment_name)
     if experiment is None:
         try:
             experiment_id = client.create_experiment(
-                config.experiment_name, artifact_location=config.resolved_artifact_location(root)
+                config.experiment_name, artifact_location=config.resolved_artifact_location(root, uri)
             )
         except MlflowException:  # another process created it in between
             experiment = client.get_experiment_by_name(config.experiment_name)

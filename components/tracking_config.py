@@ -33,9 +33,12 @@ class TrackingConfig(BaseModel):
     def resolved_tracking_uri(self, root: Path = PROJECT_ROOT) -> str:
         return resolve_tracking_uri(self.tracking_uri, root)
 
-    def resolved_artifact_location(self, root: Path = PROJECT_ROOT) -> str | None:
+    def resolved_artifact_location(self, root: Path = PROJECT_ROOT, tracking_uri: str | None = None) -> str | None:
+        """Where a new experiment keeps artifacts: ``artifact_location``, else ``<root>/mlruns`` when tracking
+        goes to SQLite (``tracking_uri``: the URI in use, the configured one when omitted), else the server's."""
         if self.artifact_location is None:
-            return (root / "mlruns").resolve().as_uri() if self.tracking_uri.startswith("sqlite:") else None
+            uri = self.tracking_uri if tracking_uri is None else tracking_uri
+            return (root / "mlruns").resolve().as_uri() if uri.startswith("sqlite:") else None
         if "://" in self.artifact_location:
             return self.artifact_location
         return (root / self.artifact_location).resolve().as_uri()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -14,7 +15,9 @@ from pydantic import ValidationError
 from components.tracking import (
     PROJECT_ROOT,
     RUN_ID_ENV,
+    TRACKING_URI_ENV,
     TrackingConfig,
+    configure,
     dvc_output_hashes,
     flatten_params,
     git_state,
@@ -24,12 +27,16 @@ from components.tracking import (
     pipeline_run,
     resolve_tracking_uri,
     stage_run,
+    tracking_uri,
 )
 from fsdino.errors import InputError
 from tests.components.mlflow_fixtures import (
+    free_port,
     isolated_mlflow_state,
     migrated_store,
+    running,
     sqlite_tracking_fixture,  # noqa: F401  (the sqlite_tracking fixture)
+    subprocess_env,
 )
 
 DVC_LOCK = """\
@@ -221,3 +228,43 @@ def test_isolation_leaves_no_mlflow_state(tmp_path: Path, tmp_path_factory: pyte
     assert {name: value for name, value in os.environ.items() if name.startswith("MLFLOW_")} == before
     assert mlflow.active_run() is None
     assert not mlflow.get_tracking_uri().endswith(str(database))
+
+
+def test_mlflow_tracking_uri_wins_over_params_and_sqlite_stays_the_default(tmp_path: Path, tmp_path_factory) -> None:
+    config = TrackingConfig(tracking_uri="sqlite:///params.db")
+    with isolated_mlflow_state():
+        assert tracking_uri(config, tmp_path) == f"sqlite:///{tmp_path.resolve()}/params.db"
+        os.environ[TRACKING_URI_ENV] = "http://127.0.0.1:1"
+        assert tracking_uri(config, tmp_path) == "http://127.0.0.1:1"
+        os.environ[TRACKING_URI_ENV] = " "
+        assert tracking_uri(TrackingConfig(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+        del os.environ[TRACKING_URI_ENV]
+        # mlflow.set_tracking_uri exports its value: a second configure in this process reads its own config
+        first, second = (migrated_store(tmp_path_factory, tmp_path / name) for name in ("a", "b"))
+        configure(TrackingConfig(tracking_uri=f"sqlite:///{first}"), tmp_path)
+        assert os.environ[TRACKING_URI_ENV] == f"sqlite:///{first}"
+        configure(TrackingConfig(tracking_uri=f"sqlite:///{second}"), tmp_path)
+        assert mlflow.get_tracking_uri() == f"sqlite:///{second}"
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_uri_redirects_a_pipeline_run_to_a_real_server(tmp_path: Path, tmp_path_factory) -> None:
+    database = migrated_store(tmp_path_factory, tmp_path / "server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{database}",
+        "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    params_store = tmp_path / "project" / "mlflow.db"
+    params_store.parent.mkdir()
+    with running(command, subprocess_env(), f"{url}/health", tmp_path / "server.log"), isolated_mlflow_state():
+        os.environ[TRACKING_URI_ENV] = url
+        config = TrackingConfig(tracking_uri="sqlite:///mlflow.db", experiment_name="env-test")
+        with pipeline_run(config, "env-demo", profile="demo", root=params_store.parent) as parent:
+            mlflow.log_metric("miou", 0.25)
+        runs = MlflowClient(url).search_runs([MlflowClient(url).get_experiment_by_name("env-test").experiment_id])
+        assert [run.info.run_id for run in runs] == [parent.info.run_id]
+        assert runs[0].data.metrics == {"miou": 0.25}
+    assert not params_store.exists()  # nothing went to the params' SQLite store
