@@ -223,9 +223,15 @@ class EvaluateParams(_Section):
     overlays: int = Field(default=4, ge=0)
     baseline: bool = True
     out_dir: Path = Path("outputs/evaluate")
+    metrics_dir: Path = Path("outputs/metrics/evaluate")
 
     def run_dir(self, variant: str, fold: int, shot: int) -> Path:
         return self.out_dir / variant / f"fold{fold}_shot{shot}"
+
+    def scores_path(self, variant: str, fold: int, shot: int) -> Path:
+        """The stage's DVC metrics file (``dvc.yaml`` ``metrics:``, read by ``dvc metrics show``/``exp show``):
+        the headline numbers only, outside ``run_dir`` because DVC outputs cannot overlap."""
+        return self.metrics_dir / variant / f"fold{fold}_shot{shot}.json"
 
 
 class RegisterParams(_Section):

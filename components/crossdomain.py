@@ -168,6 +168,7 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     headline = {k: v for k, v in summary.items() if k in HEADLINE}
     if baseline_summary is not None:
         headline.update({f"baseline_{k}": v for k, v in baseline_summary.items() if k in HEADLINE})
+    write_json_atomic(settings.scores_path(name), {"episodes": len(episodes), **headline})
     return {"target": name, "episodes": len(episodes), **headline, "out_dir": str(out_dir)}
 
 

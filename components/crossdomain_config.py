@@ -102,6 +102,7 @@ class CrossDomainParams(_Section):
     overlays: int = Field(default=4, ge=0)
     data_dir: Path = Path("outputs/data")
     out_dir: Path = Path("outputs/evaluate/crossdomain")  # under outputs/evaluate, which the report reads
+    metrics_dir: Path = Path("outputs/metrics/crossdomain")
     fss: FssTargetParams = FssTargetParams(root=Path("data/fss"))
     davis: DavisTargetParams = DavisTargetParams(root=Path("data/DAVIS"))
 
@@ -125,3 +126,7 @@ class CrossDomainParams(_Section):
 
     def run_dir(self, name: Target) -> Path:
         return self.out_dir / name
+
+    def scores_path(self, name: Target) -> Path:
+        """The stage's DVC metrics file (``dvc.yaml``: ``${crossdomain.metrics_dir}/${item}.json``): numbers only."""
+        return self.metrics_dir / f"{name}.json"

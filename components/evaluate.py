@@ -136,7 +136,14 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     summary = {k: metrics[k] for k in ("variant", "fold", "shot", "miou", "fb_iou", "episodes")}
     if baseline_summary is not None:
         summary.update(baseline_miou=baseline_summary["miou"], baseline_fb_iou=baseline_summary["fb_iou"])
+    write_json_atomic(settings.scores_path(variant, fold, shot), scores_of(summary))
     return {**summary, "out_dir": str(out_dir)}
+
+
+def scores_of(summary: dict[str, Any]) -> dict[str, float | int]:
+    """The numbers of ``summary`` (what ``dvc metrics show`` tabulates per variant/fold/shot)."""
+    skip = ("variant", "fold", "shot")
+    return {k: v for k, v in summary.items() if k not in skip and isinstance(v, int | float) and v is not None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,6 +60,8 @@ def test_five_shot_is_scored_by_the_fusion_or_by_hsnets_vote(tmp_path: Path, mon
         results[fusion] = evaluate.run(Params.model_validate(values), args)
         metrics = json.loads((Path(results[fusion]["out_dir"]) / "metrics.json").read_text())
         assert metrics["shot_fusion"] == fusion and metrics["episodes"] == 6 and metrics["shot"] == 5
+        scores = json.loads(Path("outputs/metrics/evaluate/full/fold0_shot5.json").read_text())  # DVC metrics
+        assert scores == {"miou": metrics["miou"], "fb_iou": metrics["fb_iou"], "episodes": 6}
         shots[fusion] = list(calls)
     batches = -(-6 // values["evaluate"]["batch_size"])
     assert shots == {"model": [5] * batches, "vote": [1] * 5 * batches}  # five one-shot passes per batch

@@ -97,3 +97,60 @@ def test_changing_evaluation_params_reruns_only_evaluation_report_and_registrati
     assert result.returncode == 0, result.stderr
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"evaluate@full-0-1", "ablation_evaluate@ba_svp_pcs-0-1", "report", "register"}
+
+
+SCORES = "outputs/metrics/evaluate/full/fold0_shot1.json"
+
+
+def experiments(table: object) -> list[dict]:
+    """Every experiment entry (a dict with ``name`` and ``data``) anywhere in ``dvc exp show --json``."""
+    found = []
+    if isinstance(table, dict):
+        if table.get("name") and isinstance(table.get("data"), dict) and "metrics" in table["data"]:
+            found.append(table)
+        for value in table.values():
+            found += experiments(value)
+    elif isinstance(table, list):
+        for value in table:
+            found += experiments(value)
+    return found
+
+
+def test_dvc_metrics_show_diff_and_exp_run_report_the_scores(workspace, reproduced):
+    """Last in this module: commits the reproduced workspace, then runs an experiment in it."""
+    assert reproduced.returncode == 0
+    for command in (["git", "config", "user.name", "t"], ["git", "config", "user.email", "t@t"]):
+        subprocess.run(command, cwd=workspace, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=workspace, check=True)
+    subprocess.run(["git", "commit", "-qm", "reproduced"], cwd=workspace, check=True)
+
+    shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], workspace)
+    assert shown.returncode == 0, shown.stderr
+    files = json.loads(shown.stdout)[""]["data"]
+    evaluated = json.loads((workspace / "outputs/evaluate/full/fold0_shot1/metrics.json").read_text())
+    assert files[SCORES]["data"] == {
+        "miou": evaluated["miou"], "fb_iou": evaluated["fb_iou"], "episodes": 8,
+        "baseline_miou": evaluated["baseline"]["miou"], "baseline_fb_iou": evaluated["baseline"]["fb_iou"],
+    }  # fmt: skip
+    assert files["outputs/metrics/evaluate/ba_svp_pcs/fold0_shot1.json"]["data"]["episodes"] == 8
+    fss = files["outputs/metrics/crossdomain/fss.json"]["data"]
+    davis = files["outputs/metrics/crossdomain/davis.json"]["data"]
+    assert {"miou", "fb_iou", "episodes"} <= set(fss) and {"J", "F", "J&F", "episodes"} <= set(davis)
+
+    experiment = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.loop.lr=0.0005", "-n", "lr5"], workspace)
+    assert experiment.returncode == 0, experiment.stdout[-3000:] + experiment.stderr[-3000:]
+    ran = {line.split("'")[1] for line in experiment.stdout.splitlines() if line.startswith("Running stage")}
+    assert {"train@full-0-1", "evaluate@full-0-1", "crossdomain@fss"} <= ran and "distill_1" not in ran
+
+    table = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], workspace)
+    assert table.returncode == 0, table.stderr
+    (entry,) = [e for e in experiments(json.loads(table.stdout)) if e["name"] == "lr5"]
+    assert entry["data"]["params"]["params.yaml"]["data"]["train"]["loop"]["lr"] == 0.0005
+    assert set(entry["data"]["metrics"][SCORES]["data"]) >= {"miou", "fb_iou"}
+
+    diff = run([sys.executable, "-m", "dvc", "metrics", "diff", "--all", "--json"], workspace)  # HEAD → workspace
+    assert diff.returncode == 0, diff.stderr
+    changes = json.loads(diff.stdout)
+    changes = changes.get("diff", changes)
+    assert changes[SCORES]["miou"]["old"] == evaluated["miou"]
+    assert changes[SCORES]["miou"]["new"] == entry["data"]["metrics"][SCORES]["data"]["miou"]
