@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import caching, distill, dvc_repro, encoder, inference, scale, train_step
+from benchmarks import caching, distill, dvc_repro, encoder, inference, scale, tracking, train_step
 from benchmarks.budget import Budget
 from benchmarks.common import bench_runtime, resolve_device
 from benchmarks.report import markdown
@@ -26,7 +26,7 @@ from fsdino.io.atomic import write_text_atomic
 
 SuiteFn = Callable[..., SuiteResult]  # (size, device, *, budget) -> SuiteResult
 DEFAULT_SUITES = ("inference", "caching", "distill", "train", "encoder")
-ALL_SUITES = (*DEFAULT_SUITES, "dvc", "scale")
+ALL_SUITES = (*DEFAULT_SUITES, "dvc", "scale", "tracking")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -65,6 +65,7 @@ def suites(args: argparse.Namespace) -> dict[str, SuiteFn]:
         "encoder": partial(encoder.run, peak_tflops=args.peak_tflops),
         "dvc": partial(dvc_repro.run, timeout_s=args.dvc_timeout),
         "scale": scale.run,
+        "tracking": tracking.run,
     }
 
 

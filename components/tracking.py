@@ -197,7 +197,10 @@ def pipeline_run(
         set_tags({**pipeline_tags(profile, root), **(tags or {})})
         if params and run_id is None:
             mlflow.log_params(flatten_params(params))
-        yield active
+        try:
+            yield active
+        finally:
+            mlflow.flush_async_logging()
 
 
 def _stored_run_id(client: MlflowClient, run_id_env: str | None, run_id_file: Path | None) -> str | None:
@@ -235,7 +238,10 @@ def stage_run(
     with mlflow.start_run(run_name=name, nested=True, tags={"fsdino.stage": name, **(tags or {})}) as run:
         if params:
             mlflow.log_params(flatten_params(params))
-        yield run
+        try:
+            yield run
+        finally:
+            mlflow.flush_async_logging()  # the run ends only after its queued metrics are written
 
 
 # ------------------------------------------------------------------------------------ metrics, files
@@ -243,13 +249,17 @@ def stage_run(
 
 def metric_logger(prefix: str = "") -> MetricCallback:
     """A ``(metrics, step) -> None`` callback for training loops: logs ``<prefix>/<name>`` to the active run,
-    and does nothing when there is none (so the loops run the same with tracking off)."""
+    and does nothing when there is none (so the loops run the same with tracking off).
+
+    The call returns without waiting for the store (MLflow's asynchronous logging: one queue, batched
+    writes); :func:`stage_run` and :func:`pipeline_run` flush the queue before their run ends. The loops
+    call it once per ``loop.log_every`` steps with the window's means, and once per epoch."""
 
     def log(metrics: Mapping[str, float], step: int) -> None:
         if mlflow.active_run() is None:
             return
         named = {sanitize_key(f"{prefix}/{key}" if prefix else key): float(value) for key, value in metrics.items()}
-        mlflow.log_metrics(named, step=int(step))
+        mlflow.log_metrics(named, step=int(step), synchronous=False)
 
     return log
 

@@ -22,6 +22,11 @@ class LoopConfig(BaseModel):
     weight_decay: float = Field(default=0.01, ge=0)
     seed: int = 0
     checkpoint_every: int = Field(default=200, ge=1, description="steps between training checkpoints")
+    log_every: int = Field(
+        default=50,
+        ge=1,
+        description="steps per tracked metric point: the mean over the window (plus every epoch's row)",
+    )
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description="cap for CPU demos")
     num_workers: int = Field(default=0, ge=0)
     amp: AmpMode = "auto"

@@ -30,6 +30,7 @@ from fsdino.models.teacher import SamTeacher, to_student_grid
 from fsdino.training import speedups
 from fsdino.training.checkpointing import RunPosition, load_training_state, save_training_state
 from fsdino.training.config import LoopConfig
+from fsdino.training.metric_window import MetricWindow
 from fsdino.training.runtime import Runtime, chunk, epoch_order, epoch_progress, optimizer_step
 from fsdino.training.teacher_cache import TeacherTargets
 
@@ -183,6 +184,7 @@ def distill_stage(
         epoch_batches.batches = batches[position.step :]
         description = f"distill epoch {position.epoch + 1}/{config.epochs}"
         progress = epoch_progress(loader, len(batches), position.step, description, runtime)
+        window = MetricWindow(config.log_every)  # the tracker gets window means; the epoch row below
         for batch in _timed(progress, stats):
             with runtime.autocast():
                 image = batch["image"].to(device, non_blocking=True)
@@ -196,8 +198,9 @@ def distill_stage(
             )
             position.add({"loss": loss.item()})
             progress.set_postfix(mse=f"{loss.item():.4f}")
-            if log is not None and runtime.is_main:
-                log({"distill_loss": loss.item()}, position.global_step)
+            means = window.add({"distill_loss": loss.item()}, position.global_step)
+            if log is not None and runtime.is_main and means is not None:
+                log(means, position.global_step)
             if position.global_step % config.checkpoint_every == 0:
                 save()
             if on_step is not None:

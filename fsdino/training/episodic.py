@@ -25,6 +25,7 @@ from fsdino.models.fsdino import FSDINO
 from fsdino.training import speedups
 from fsdino.training.checkpointing import RunPosition, load_training_state, save_training_state
 from fsdino.training.config import LoopConfig
+from fsdino.training.metric_window import MetricWindow
 from fsdino.training.runtime import Runtime, chunk, epoch_order, epoch_progress, optimizer_step
 
 #: epoch → the training EpisodeDataset of that epoch.
@@ -97,6 +98,7 @@ def train_episodic(
         )  # fmt: skip
         description = f"train epoch {position.epoch + 1}/{config.epochs}"
         progress = epoch_progress(loader, len(batches), position.step, description, runtime)
+        window = MetricWindow(config.log_every)  # the tracker gets window means; the epoch row below
         for batch in progress:
             with runtime.autocast():
                 output = trained(
@@ -116,8 +118,9 @@ def train_episodic(
             values["train_loss_prior"] = terms.prior.item()
             position.add(values)
             progress.set_postfix(loss=f"{values['train_loss']:.3f}")
-            if log is not None and runtime.is_main:
-                log(values, position.global_step)
+            means = window.add(values, position.global_step)
+            if log is not None and runtime.is_main and means is not None:
+                log(means, position.global_step)
             if position.global_step % config.checkpoint_every == 0:
                 save_state()
             if on_step is not None:

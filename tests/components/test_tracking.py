@@ -268,3 +268,14 @@ def test_mlflow_tracking_uri_redirects_a_pipeline_run_to_a_real_server(tmp_path:
         assert [run.info.run_id for run in runs] == [parent.info.run_id]
         assert runs[0].data.metrics == {"miou": 0.25}
     assert not params_store.exists()  # nothing went to the params' SQLite store
+
+
+def test_queued_metrics_are_written_before_the_stage_run_ends(sqlite_tracking: str, tmp_path: Path) -> None:
+    with pipeline_run(TrackingConfig(tracking_uri=sqlite_tracking, experiment_name="async"), "p", root=tmp_path):
+        with stage_run("train/full/fold0_shot1") as stage:
+            log = metric_logger("train")
+            for step in range(1, 31):
+                log({"loss": 1.0 / step}, step)  # returns before the store has the point
+        history = MlflowClient(sqlite_tracking).get_metric_history(stage.info.run_id, "train/loss")
+    assert sorted(point.step for point in history) == list(range(1, 31))
+    assert {point.step: point.value for point in history}[4] == pytest.approx(0.25)

@@ -1,0 +1,133 @@
+"""Metric-logging overhead per training step against a real ``mlflow server`` on 127.0.0.1.
+
+Two ways of logging the three per-step losses of episodic training, over the same simulated steps:
+
+- ``every_step_sync`` (the loops before): one synchronous ``mlflow.log_metrics`` call per step;
+- ``window_async`` (the loops now): :class:`fsdino.training.metric_window.MetricWindow` means every
+  ``LOG_EVERY`` steps, through :func:`components.tracking.metric_logger` (MLflow's asynchronous logging),
+  the queue flushed at the end (inside the timed span, as :func:`components.tracking.stage_run` does).
+
+Per-step overhead ``c`` = wall time of the loop (no training work in it) / steps. Projection for a run of
+``S`` optimiser steps: added wall time = ``S · c``; with ``S`` = 1.2M (paper-coco, the issue's figure)
+that is ``1.2e6 · c`` seconds, and ``S / LOG_EVERY`` tracking calls instead of ``S``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+
+from benchmarks.budget import UNLIMITED, Budget
+from benchmarks.results import Record, SuiteResult
+from benchmarks.sizes import BenchSize
+from benchmarks.timing import Timing
+from components.tracking import metric_logger
+from fsdino.training.metric_window import MetricWindow
+
+STEPS = 400
+LOG_EVERY = 50
+PAPER_STEPS = 1_200_000
+LOSSES = ("train_loss", "train_loss_final", "train_loss_prior")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` (SQLite store, local artifacts) on a free loopback port, once it answers ``/health``."""
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination", (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    log = (folder / "server.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}: see {folder / 'server.log'}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("mlflow server did not answer /health within 120 s")
+
+
+def _steps(mode: str) -> float:
+    """Wall seconds of ``STEPS`` simulated steps logged the ``mode`` way, into a new run (flush included)."""
+    generator = torch.Generator().manual_seed(0)
+    losses = torch.rand(STEPS, len(LOSSES), generator=generator).tolist()
+    with mlflow.start_run(run_name=mode):
+        log = metric_logger("train/full/fold0_shot1")
+        window = MetricWindow(LOG_EVERY)
+        started = time.perf_counter()
+        for step, row in enumerate(losses, start=1):
+            values = dict(zip(LOSSES, row, strict=True))
+            if mode == "every_step_sync":
+                mlflow.log_metrics({f"train/full/fold0_shot1/{k}": v for k, v in values.items()}, step=step)
+            elif (means := window.add(values, step)) is not None:
+                log(means, step)
+        mlflow.flush_async_logging()
+        return time.perf_counter() - started
+
+
+def run(size: BenchSize, device: torch.device, budget: Budget = UNLIMITED) -> SuiteResult:
+    """Both modes against one server; records ms per step and the points stored."""
+    del size, device, budget
+    records, per_step = [], {}
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    with tempfile.TemporaryDirectory(prefix="fsdino-tracking-") as tmp:
+        process, url = start_server(Path(tmp))
+        try:
+            mlflow.set_tracking_uri(url)
+            mlflow.set_experiment("tracking-benchmark")
+            for mode in ("every_step_sync", "window_async"):
+                seconds = _steps(mode)
+                run_id = mlflow.search_runs(filter_string=f"attributes.run_name = '{mode}'", output_format="list")[0]
+                stored = len(
+                    MlflowClient(url).get_metric_history(run_id.info.run_id, "train/full/fold0_shot1/train_loss")
+                )
+                per_step[mode] = 1000 * seconds / STEPS
+                records.append(
+                    Record(
+                        name=mode, batch_size=1, image_size=0, dtype="float32", unit="steps/s",
+                        timing=Timing(warmup=0, times_s=(seconds / STEPS,)),
+                        params={"steps": STEPS, "log_every": 1 if mode == "every_step_sync" else LOG_EVERY,
+                                "ms_per_step": per_step[mode], "points_stored_per_metric": stored},
+                    )
+                )  # fmt: skip
+        finally:
+            mlflow.set_tracking_uri(None)
+            process.terminate()
+            process.wait(timeout=30)
+            if saved is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = saved
+    before, after = per_step["every_step_sync"], per_step["window_async"]
+    summary = {
+        "ms_per_step_before": before, "ms_per_step_after": after, "speedup": before / after if after else None,
+        "paper_coco_added_s_before": PAPER_STEPS * before / 1000,
+        "paper_coco_added_s_after": PAPER_STEPS * after / 1000,
+        "paper_coco_calls_before": PAPER_STEPS, "paper_coco_calls_after": PAPER_STEPS // LOG_EVERY,
+    }  # fmt: skip
+    return SuiteResult(
+        records=records,
+        summary=summary,
+        settings={"steps": STEPS, "log_every": LOG_EVERY, "server": "mlflow server 127.0.0.1, sqlite"},
+    )
