@@ -82,3 +82,25 @@ def test_the_default_local_remote_lives_beside_the_clone(project: Path):
     forget_local_copies(project)
     dvc("pull", cwd=project)
     assert (project / "outputs/data/a.txt").read_text() == "support-query pairs\n"
+
+
+def test_linked_outputs_share_the_cache_and_an_atomic_rewrite_never_changes_it(project: Path):
+    """The project's ``cache.type`` (reflink, else hardlink): after a checkout, outputs are the cache's objects,
+    not copies; a step writing through :func:`fsdino.io.atomic.write_bytes_atomic` replaces the link."""
+    from fsdino.io.atomic import write_bytes_atomic
+
+    assert dvc("config", "cache.type", cwd=project).stdout.strip() == "reflink,hardlink,copy"
+    dvc("checkout", "--relink", cwd=project)
+    data = project / "outputs/data/b.bin"
+    (cached,) = [
+        path for path in (project / ".dvc/cache").rglob("*") if path.is_file() and path.stat().st_size == 16384
+    ]
+    probe = subprocess.run(["cp", "--reflink=always", str(data), str(project / "probe")], capture_output=True)
+    if probe.returncode != 0:  # no copy-on-write here (ext4): hardlinks, one inode for both
+        assert os.path.samefile(data, cached) and data.stat().st_nlink == 2
+    original = cached.read_bytes()
+    write_bytes_atomic(data, b"rewritten by a step")
+    assert cached.read_bytes() == original and not os.path.samefile(data, cached)
+    assert "modified" in dvc("status", cwd=project).stdout
+    dvc("checkout", "--force", cwd=project)
+    assert data.read_bytes() == original
