@@ -70,11 +70,11 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("mlflow server did not answer /health within 120 s")
 
 
-def _steps(mode: str) -> float:
-    """Wall seconds of ``STEPS`` simulated steps logged the ``mode`` way, into a new run (flush included)."""
+def _steps(mode: str) -> tuple[float, str]:
+    """Wall seconds of ``STEPS`` simulated steps logged the ``mode`` way (flush included), and the new run's id."""
     generator = torch.Generator().manual_seed(0)
     losses = torch.rand(STEPS, len(LOSSES), generator=generator).tolist()
-    with mlflow.start_run(run_name=mode):
+    with mlflow.start_run(run_name=mode) as active:
         log = metric_logger("train/full/fold0_shot1")
         window = MetricWindow(LOG_EVERY)
         started = time.perf_counter()
@@ -85,7 +85,7 @@ def _steps(mode: str) -> float:
             elif (means := window.add(values, step)) is not None:
                 log(means, step)
         mlflow.flush_async_logging()
-        return time.perf_counter() - started
+        return time.perf_counter() - started, active.info.run_id
 
 
 def run(size: BenchSize, device: torch.device, budget: Budget = UNLIMITED) -> SuiteResult:
@@ -99,11 +99,8 @@ def run(size: BenchSize, device: torch.device, budget: Budget = UNLIMITED) -> Su
             mlflow.set_tracking_uri(url)
             mlflow.set_experiment("tracking-benchmark")
             for mode in ("every_step_sync", "window_async"):
-                seconds = _steps(mode)
-                run_id = mlflow.search_runs(filter_string=f"attributes.run_name = '{mode}'", output_format="list")[0]
-                stored = len(
-                    MlflowClient(url).get_metric_history(run_id.info.run_id, "train/full/fold0_shot1/train_loss")
-                )
+                seconds, run_id = _steps(mode)
+                stored = len(MlflowClient(url).get_metric_history(run_id, "train/full/fold0_shot1/train_loss"))
                 per_step[mode] = 1000 * seconds / STEPS
                 records.append(
                     Record(

@@ -143,7 +143,7 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
 def scores_of(summary: dict[str, Any]) -> dict[str, float | int]:
     """The numbers of ``summary`` (what ``dvc metrics show`` tabulates per variant/fold/shot)."""
     skip = ("variant", "fold", "shot")
-    return {k: v for k, v in summary.items() if k not in skip and isinstance(v, int | float) and v is not None}
+    return {k: v for k, v in summary.items() if k not in skip and isinstance(v, int | float)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,9 +30,6 @@ class TrackingConfig(BaseModel):
     artifact_location: str | None = None
     registered_model_name: str = Field(default="fsdino", min_length=1)
 
-    def resolved_tracking_uri(self, root: Path = PROJECT_ROOT) -> str:
-        return resolve_tracking_uri(self.tracking_uri, root)
-
     def resolved_artifact_location(self, root: Path = PROJECT_ROOT, tracking_uri: str | None = None) -> str | None:
         """Where a new experiment keeps artifacts: ``artifact_location``, else ``<root>/mlruns`` when tracking
         goes to SQLite (``tracking_uri``: the URI in use, the configured one when omitted), else the server's."""

@@ -204,6 +204,7 @@ class EpochBar(tqdm):
 
     def __init__(self, *args, log_lines: bool = False, **kwargs) -> None:
         self._log_lines = log_lines
+        self._last_n: int | None = None  # the count of the last log line (tqdm's __init__ draws the first)
         super().__init__(*args, **kwargs)
 
     def set_postfix(self, ordered_dict=None, refresh: bool = False, **kwargs) -> None:
@@ -212,7 +213,7 @@ class EpochBar(tqdm):
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         if not self._log_lines:
             return super().display(msg, pos)
-        if msg == "" or (msg is None and self.n == getattr(self, "_last_n", None)):
+        if msg == "" or (msg is None and self.n == self._last_n):
             return True  # tqdm clearing the line, or closing on the count of the last line
         self._last_n = self.n
         self.fp.write((self.__str__() if msg is None else msg) + "\n")

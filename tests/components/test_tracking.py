@@ -68,7 +68,7 @@ def test_relative_sqlite_uris_resolve_against_the_root(tmp_path: Path) -> None:
     assert resolve_tracking_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
     assert resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
     default = TrackingConfig()
-    assert default.resolved_tracking_uri() == f"sqlite:///{PROJECT_ROOT}/mlflow.db"
+    assert resolve_tracking_uri(default.tracking_uri) == f"sqlite:///{PROJECT_ROOT}/mlflow.db"
     assert default.experiment_name == default.registered_model_name == "fsdino"
 
 
