@@ -182,7 +182,7 @@ def _last_json_line(text: str) -> dict:
 
 def _decode_ms(sizes: list[int], repeats: int = 3) -> dict[int, float]:
     """ms to decode a 1,500 × 2,250 px JPEG (SA-1B's released size) and resize it to each side S."""
-    from fsdino.data.sa1b import load_square_image
+    from fsdino.data.sa1b_images import load_square_image
 
     rng = np.random.default_rng(0)
     small = rng.integers(0, 255, size=(60, 90, 3), dtype=np.uint8)

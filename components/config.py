@@ -20,10 +20,9 @@ from components.stage_pascal import PascalStageConfig
 from components.stage_sa1b import StageSA1BConfig
 from components.stage_synthetic import SyntheticStageConfig
 from components.tracking_config import TrackingConfig
-from fsdino.config import ModelConfig, TeacherConfig, Variant
+from fsdino.config import ModelConfig, ShotFusion, TeacherConfig, Variant
 from fsdino.data.episodes import EpochUnit
 from fsdino.data.transforms import TrainResize, TrainTransform
-from fsdino.evaluation.voting import ShotFusion
 from fsdino.training.config import LoopConfig
 
 BenchmarkKind = Literal["synthetic", "pascal", "coco"]

@@ -22,7 +22,7 @@ from components.cli import fingerprint, params_main, prepare_work_dir, step_logg
 from components.config import WORK_DIR, Params
 from components.teacher_cache import manifest_keys, teacher_id
 from fsdino.checkpoints import load_adapter, save_adapter, sha256_of
-from fsdino.data.sa1b import SA1BImages
+from fsdino.data.sa1b_images import SA1BImages
 from fsdino.errors import InputError
 from fsdino.io.atomic import atomic_path, write_json_atomic
 from fsdino.models.adapter import BottleneckAdapter

@@ -34,12 +34,21 @@ def format_validation_error(error: ValidationError, source: str, prefix: str = "
     return f"{source}: {location or '<root>'}: {message}{suffix}"
 
 
+#: libyaml's loader when PyYAML was built with it (≈10× faster: ``dvc.lock`` is read by every tracked step).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` through libyaml when available; errors are :class:`yaml.YAMLError` as usual."""
+    return yaml.load(text, Loader=_SAFE_LOADER)
+
+
 def read_yaml(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: params file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

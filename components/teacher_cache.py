@@ -28,7 +28,8 @@ import torch.distributed as dist
 from components.cli import params_main
 from components.config import Params
 from fsdino.config import TeacherConfig
-from fsdino.data.sa1b import SA1BImages, read_manifest
+from fsdino.data.sa1b import read_manifest
+from fsdino.data.sa1b_images import SA1BImages
 from fsdino.models.teacher import SAM_PATCH_SIZE
 from fsdino.models.teacher_builder import build_teacher
 from fsdino.training.runtime import Runtime, runtime

@@ -27,6 +27,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking.fluent import ActiveRun
 
+from components.params import load_yaml
 from components.tracking_config import PROJECT_ROOT, TrackingConfig, resolve_tracking_uri
 from fsdino.errors import InputError
 from fsdino.io.atomic import write_text_atomic
@@ -118,7 +119,7 @@ def dvc_output_hashes(lock_path: Path) -> dict[str, str]:
     if not lock_path.is_file():
         return {}
     try:
-        lock = yaml.safe_load(lock_path.read_text()) or {}
+        lock = load_yaml(lock_path.read_text()) or {}
     except yaml.YAMLError as error:
         raise InputError(f"{lock_path}: not valid YAML ({error.__class__.__name__})") from error
     stages = lock.get("stages") if isinstance(lock, dict) else None

@@ -15,6 +15,9 @@ PATCH_SIZE = 14
 
 EncoderName = Literal["vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_large_patch14_dinov2"]
 Variant = Literal["ba_pcs", "ba_svp_pcs", "full"]
+#: How a K-shot episode is predicted: the model's own fusion of the K supports, or HSNet's vote
+#: (:mod:`fsdino.evaluation.voting`).
+ShotFusion = Literal["model", "vote"]
 
 #: Official SAM checkpoints (segment-anything README) with their sha256 and size in bytes.
 SAM_CHECKPOINTS: dict[str, dict[str, str | int | None]] = {

@@ -24,13 +24,15 @@ Image padding uses the ImageNet mean colour, which the model's normalisation map
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from PIL import Image
 
 from fsdino.data.base import FOREGROUND, IGNORE
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so the configs that name these classes stay light
+    import torch
 
 #: ImageNet mean RGB in 0-255, the padding colour of images.
 PAD_COLOUR = (124, 116, 104)
@@ -42,6 +44,8 @@ BLUR_TAPS = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32) / 16.0
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """H×W×3 uint8, H×W uint8 → 3×H×W float32 in [0, 1], H×W int64."""
+    import torch
+
     image = np.require(image, dtype=np.uint8, requirements=["C", "W"])  # PIL arrays are read-only
     mask = np.require(mask, dtype=np.uint8, requirements=["C", "W"])
     return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0), torch.from_numpy(mask).long()

@@ -10,12 +10,13 @@ with the K supports pooled, ``fsdino.models.fsdino``), selected with ``shot_fusi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 
-#: How a K-shot episode is predicted: the model's own fusion of the K supports, or HSNet's vote.
-ShotFusion = Literal["model", "vote"]
+from fsdino.config import ShotFusion
+
+__all__ = ["VOTE_THRESHOLD", "ShotFusion", "vote_fraction"]
+
 VOTE_THRESHOLD = 0.5
 
 

@@ -6,7 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fsdino.training.runtime import AmpMode, learning_rate
+from fsdino.training.schedule import learning_rate
+
+#: Autocast: ``auto`` (bf16 on GPUs that have it, else fp16; off on CPU), ``off``, or a fixed dtype.
+AmpMode = Literal["auto", "off", "bf16", "fp16"]
 
 
 class LoopConfig(BaseModel):
@@ -44,7 +47,7 @@ class LoopConfig(BaseModel):
     fused_adamw: bool = Field(default=False, description="AdamW(fused=True) instead of torch's default")
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
-        """Learning rate of 0-based optimiser step ``step`` (see :func:`~fsdino.training.runtime.learning_rate`)."""
+        """Learning rate of 0-based optimiser step ``step`` (see :func:`~fsdino.training.schedule.learning_rate`)."""
         total = self.epochs * steps_per_epoch
         return learning_rate(
             self.lr, step, total, schedule=self.schedule, warmup_steps=self.warmup_steps, power=self.power

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from components.stage_sa1b import StageSA1BConfig, run
-from fsdino.data.sa1b import SA1BImages, read_manifest
+from fsdino.data.sa1b import read_manifest
+from fsdino.data.sa1b_images import SA1BImages
 from fsdino.data.synthetic_sa1b import write_synthetic_sa1b
 from fsdino.errors import InputError
 

@@ -10,7 +10,8 @@ import torch
 
 from fsdino.errors import InputError
 from fsdino.training.config import LoopConfig
-from fsdino.training.runtime import amp_dtype_for, learning_rate, optimizer_step, runtime
+from fsdino.training.runtime import amp_dtype_for, optimizer_step, runtime
+from fsdino.training.schedule import learning_rate
 
 
 def test_constant_schedule_is_the_base_rate_after_warmup():
