@@ -66,8 +66,8 @@ def prepare_work_dir(path: Path, run_fingerprint: str) -> Path:
     """A folder for resumable training state, emptied when it belongs to another configuration.
 
     Only rank 0 of a ``torchrun`` launch prepares it: the other ranks return the path untouched (two ranks
-    emptying one folder race). Call it before :func:`fsdino.training.runtime.runtime`, whose process-group
-    rendezvous then holds every rank until rank 0 is done, so no rank reads the folder before that.
+    emptying one folder race). Call it before :func:`fsdino.training.runtime.runtime`, whose explicit barrier
+    after the process group starts holds every rank until rank 0 is done, so no rank reads the folder before.
     """
     import shutil
 

@@ -12,6 +12,11 @@ baseline (thresholded prototype cosine similarity of the same frozen encoder, it
 training benchmark's base classes of the fold, as in ``components.evaluate``) is scored on the same
 episodes. Writes ``metrics.json``, a per-class (FSS) or per-object (DAVIS) CSV and overlays of a fixed
 handful of episodes (see docs/artifacts.md).
+
+Under ``torchrun`` each rank predicts every W-th batch (a batch never splits the objects of a DAVIS frame,
+so a frame is merged where it was predicted), the per-class counts (FSS) or per-object frame scores
+(DAVIS) of all ranks are combined in the one-process order, and only rank 0 writes: the outputs equal a
+one-process run's.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from components.config import Params
 from components.crossdomain_config import SHOT
 from components.evaluate import overlay_indices, per_class_table, tuned_baseline, write_overlays
 from fsdino.data.benchmark import Split, evaluation_episodes, open_split, read_manifest
-from fsdino.data.dataset import EpisodeDataset, make_loader
+from fsdino.data.dataset import EpisodeDataset, grouped_batches, make_loader
 from fsdino.data.transforms import EvalTransform
 from fsdino.errors import InputError
 from fsdino.evaluation.davis import DavisMeter
+from fsdino.evaluation.distributed import reduce_meter
 from fsdino.evaluation.engine import EpisodeOutput, Prediction, score
 from fsdino.evaluation.metrics import SegmentationMeter
 from fsdino.io.atomic import atomic_path, write_json_atomic
@@ -64,6 +70,10 @@ class FssScores:
     def update(self, item: EpisodeOutput, image_id: str) -> None:
         self.meter.update(item.prediction[None], item.truth[None], [item.class_id])
 
+    def merge_ranks(self, rt: Runtime) -> None:
+        """Sum the ranks' counts (every rank scored its share of the batches)."""
+        reduce_meter(self.meter, rt)
+
     def result(self) -> tuple[dict[str, Any], pd.DataFrame]:
         summary = {k: v for k, v in self.meter.summary().items() if k != "episodes"}
         return {**summary, "classes": len(self.classes)}, per_class_table(self.meter, self.names)
@@ -82,6 +92,8 @@ class DavisScores:
         self.objects = {sequence: source.objects(sequence) for sequence in self.last_frame}
         self.pending: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         self.meter = DavisMeter()
+        #: (index of the episode that completed the frame, sequence, object, J, F), in scoring order
+        self.records: list[tuple[int, str, int, float, float]] = []
 
     def update(self, item: EpisodeOutput, image_id: str) -> None:
         sequence = image_id.split("/")[0]
@@ -92,7 +104,21 @@ class DavisScores:
         if len(frame) == len(self.objects[sequence]):
             del self.pending[image_id]
             logits = {object_id: scores for object_id, (scores, _) in frame.items()}
-            self.meter.update_frame(sequence, logits, {object_id: truth for object_id, (_, truth) in frame.items()})
+            truths = {object_id: truth for object_id, (_, truth) in frame.items()}
+            scores = self.meter.update_frame(sequence, logits, truths)
+            self.records += [(item.index, sequence, object_id, j, f) for object_id, (j, f) in scores.items()]
+
+    def merge_ranks(self, rt: Runtime) -> None:
+        """Rebuild the meter from every rank's frame scores in the order one process scores them (by the
+        episode that completes each frame, then object id), so that every mean adds the same numbers in
+        the same order; frames left incomplete on any rank stay pending."""
+        if not rt.distributed:
+            return
+        records = sorted(rt.gather_lists(self.records))
+        self.pending = {image_id: {} for image_id in rt.gather_lists(sorted(self.pending))}
+        self.records, self.meter = records, DavisMeter()
+        for _, sequence, object_id, j, f in records:
+            self.meter.frames.setdefault(f"{sequence}/{object_id}", []).append((j, f))
 
     def result(self) -> tuple[dict[str, Any], pd.DataFrame]:
         if self.pending:
@@ -116,15 +142,27 @@ def score_pass(
     rt: Runtime,
     keep: set[int] | None = None,
 ) -> list[Prediction]:
-    """Predict every episode of ``dataset``, scoring each as it comes (no mask is kept); returns those in ``keep``."""
+    """Predict every episode of ``dataset``, scoring each as it comes (no mask is kept); returns those in ``keep``.
+
+    Batches hold whole query frames (the episodes of a frame's objects, consecutive in ``dataset``); under
+    ``torchrun`` this rank predicts every W-th of them, and ``scores`` and the kept predictions are then
+    combined over the ranks, on every rank.
+    """
     settings = params.crossdomain
-    loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
+    query_ids = [episode.query_id for episode in dataset.episodes]
+    loader = make_loader(
+        dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers,
+        batches=grouped_batches(query_ids, settings.batch_size), rank=rt.rank, world_size=rt.world_size,
+    )  # fmt: skip
 
     def update(item: EpisodeOutput) -> None:
-        scores.update(item, dataset.episodes[item.index].query_id)
+        scores.update(item, query_ids[item.index])
 
     resolution = params.evaluate.resolution
-    return score(model, loader, rt, update, resolution=resolution, keep=keep, progress=keep is not None)
+    progress = keep is not None and rt.is_main
+    kept = score(model, loader, rt, update, resolution=resolution, keep=keep, progress=progress)
+    scores.merge_ranks(rt)
+    return sorted(rt.gather_lists(kept), key=lambda item: item.index)
 
 
 def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
@@ -153,7 +191,10 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
             base_scores = SCORES[name](split)
             score_pass(baseline, dataset, base_scores, params, rt)
             baseline_summary = {**base_scores.result()[0], "threshold": baseline.threshold}
+        is_main = rt.is_main
     summary, table = scores.result()
+    if not is_main:  # the other ranks hold the same numbers; one writer
+        return {"target": name, "episodes": len(episodes)}
     out_dir = settings.run_dir(name)
     _write_csv(table, out_dir / scores.table_name)
     overlays = write_overlays(kept, out_dir / "overlays")

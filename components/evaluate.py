@@ -7,6 +7,10 @@ checkpoint, scores them at the original mask resolution (255 ignored), and does 
 parameter-free baseline (thresholded prototype cosine similarity of the same frozen encoder, its
 threshold tuned on base-class episodes). Writes ``metrics.json``, ``per_class.csv`` and overlays of a
 fixed handful of episodes (see docs/artifacts.md).
+
+Under ``torchrun`` each rank scores every W-th batch of the episodes, the counts are summed across the
+ranks (the metrics equal the one-process run's exactly, :mod:`fsdino.evaluation.distributed`), rank 0
+tunes the baseline's threshold for all, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -61,9 +65,11 @@ def tune_baseline(baseline: PrototypeBaseline, data: FoldData, shot: int, image_
 
 
 def tuned_baseline(model: FSDINO, data: FoldData, shot: int, image_size: int, rt: Runtime) -> PrototypeBaseline:
-    """The parameter-free baseline on ``model``'s frozen encoder, its threshold tuned on ``data``'s base classes."""
+    """The parameter-free baseline on ``model``'s frozen encoder, its threshold tuned on ``data``'s base classes
+    (by rank 0 alone under ``torchrun``: every rank gets its threshold)."""
     baseline = PrototypeBaseline(model.encoder)
-    baseline.threshold = tune_baseline(baseline, data, shot, image_size, rt)
+    threshold = tune_baseline(baseline, data, shot, image_size, rt) if rt.is_main else None
+    baseline.threshold = rt.broadcast(threshold)
     return baseline
 
 
@@ -112,15 +118,19 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     keep = overlay_indices(len(episodes), settings.overlays)
     with runtime(params.train.loop.device, params.train.loop.amp) as rt:
         model.to(rt.device)
-        loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
-        options = {"resolution": settings.resolution, "shot_fusion": settings.shot_fusion}
-        meter, kept = evaluate(model, loader, data.novel_classes, rt, **options, keep=keep, progress=True)
+        loading = {"batch_size": settings.batch_size, "num_workers": params.train.loop.num_workers}
+        loading.update(rank=rt.rank, world_size=rt.world_size)
+        options = {"resolution": settings.resolution, "shot_fusion": settings.shot_fusion, "across_ranks": True}
+        meter, kept = evaluate(model, make_loader(dataset, **loading), data.novel_classes, rt, **options, keep=keep,
+                               progress=rt.is_main)  # fmt: skip
         baseline_summary = None
         if settings.baseline:
             baseline = tuned_baseline(model, data, shot, config.image_size, rt)
-            loader = make_loader(dataset, batch_size=settings.batch_size, num_workers=params.train.loop.num_workers)
-            base_meter, _ = evaluate(baseline, loader, data.novel_classes, rt, **options)
+            base_meter, _ = evaluate(baseline, make_loader(dataset, **loading), data.novel_classes, rt, **options)
             baseline_summary = {**base_meter.summary(), "threshold": baseline.threshold}
+        is_main = rt.is_main
+    if not is_main:  # the other ranks hold the same numbers; one writer
+        return {"variant": variant, "fold": fold, "shot": shot, **meter.summary()}
     out_dir = settings.run_dir(variant, fold, shot)
     table = per_class_table(meter, data.class_names)
     with atomic_path(out_dir / "per_class.csv") as temporary:

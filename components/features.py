@@ -7,7 +7,8 @@ DINOv2 never trains, so train and evaluate can look its outputs up instead of re
 step encodes each image of the staged benchmark in every view those steps feed the encoder — the
 evaluation resize and, with flip-only augmentation, both training views — and writes
 ``<features.out_dir>/memo.pt`` plus ``manifest.json`` naming the encoder. With ``features.memo: false``
-(the paper profiles) it writes only the manifest.
+(the paper profiles) it writes only the manifest. Under ``torchrun`` the ranks share the images and
+rank 0 writes the memo they would have written alone (:func:`build_memo`).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from components.config import Params
 from fsdino.checkpoints import atomic_torch_save, sha256_of
 from fsdino.data.base import SegmentationSource
 from fsdino.data.benchmark import open_split, read_manifest
+from fsdino.data.dataset import rank_batches
 from fsdino.data.transforms import EvalTransform
 from fsdino.errors import InputError
 from fsdino.io.atomic import write_json_atomic
 from fsdino.models.build import RANDOM_ENCODER_SEED, build_encoder
 from fsdino.models.encoder import DinoV2Encoder
-from fsdino.models.feature_memo import FeatureMemo
-from fsdino.training.runtime import runtime
+from fsdino.models.feature_memo import FeatureMemo, image_key
+from fsdino.training.runtime import Runtime, runtime
 
 
 def encoder_identity(params: Params) -> str:
@@ -68,18 +70,37 @@ def views(params: Params, image: np.ndarray) -> list[torch.Tensor]:
     return tensors
 
 
-def build_memo(params: Params, encoder: DinoV2Encoder, device: torch.device) -> FeatureMemo:
-    """Encode every benchmark image's views into a new memo (batches of ``features.batch_size``)."""
-    memo = FeatureMemo()
-    encoder.memo = memo
+def build_memo(params: Params, encoder: DinoV2Encoder, rt: Runtime) -> FeatureMemo | None:
+    """Encode every benchmark image's views into a new memo, in groups of images whose views fill a batch
+    of ``features.batch_size``.
+
+    Under ``torchrun`` rank r encodes groups r, r+W, … and rank 0 merges the ranks' features in group
+    order (the others return ``None``). Each group is encoded whole, whatever is already stored, so its
+    batch and therefore its features are the same on any rank: the memo equals the one-process memo.
+    """
     images = list(benchmark_images(params))
-    batch: list[torch.Tensor] = []
-    for number, (source, index) in enumerate(tqdm(images, desc="features", unit="image", mininterval=5.0)):
-        batch += views(params, source.load_image(index))
-        if len(batch) >= params.features.batch_size or number == len(images) - 1:
-            encoder(torch.stack(batch).to(device))
-            batch = []
-    encoder.memo = None
+    if not images:
+        raise InputError(f"{params.benchmark.out}: the staged benchmark lists no image")
+
+    def load(image: tuple[SegmentationSource, int]) -> np.ndarray:
+        source, index = image
+        return source.load_image(index)
+
+    per_image = len(views(params, load(images[0])))
+    group = max(1, -(-params.features.batch_size // per_image))
+    mine = rank_batches(len(images), group, rt.rank, rt.world_size)
+    computed: list[tuple[int, list[bytes], torch.Tensor, torch.Tensor]] = []
+    for numbers in tqdm(mine, desc="features", unit="batch", mininterval=5.0, disable=not rt.is_main):
+        batch = torch.stack([view for number in numbers for view in views(params, load(images[number]))])
+        features = encoder(batch.to(rt.device))
+        half = [tensor.to(device="cpu", dtype=torch.float16) for tensor in (features.layer3, features.last)]
+        computed.append((numbers[0], [image_key(image) for image in batch], *half))
+    parts = rt.gather_to_main(computed)
+    if parts is None:
+        return None
+    memo = FeatureMemo()
+    for _, keys, layer3, last in sorted((item for part in parts for item in part), key=lambda item: item[0]):
+        memo.add(keys, layer3, last)
     return memo
 
 
@@ -91,7 +112,9 @@ def run(params: Params, args: argparse.Namespace | None = None) -> dict[str, Any
         encoder = build_encoder(params.model.encoder, params.model.image_size)
         with runtime(params.train.loop.device, "off") as rt, torch.inference_mode():
             encoder.to(rt.device)
-            memo = build_memo(params, encoder, rt.device)
+            memo = build_memo(params, encoder, rt)
+        if memo is None:  # a rank other than 0 of a torchrun launch: rank 0 writes
+            return summary
         atomic_torch_save(memo.state(), settings.memo_file)
         summary["entries"] = len(memo)
     elif settings.memo_file.exists():

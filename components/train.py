@@ -58,10 +58,12 @@ def _validator(params: Params, data: FoldData, shot: int, image_size: int, rt: R
     dataset = data.test_dataset(episodes, image_size)
 
     def validate(model: FSDINO) -> dict[str, float]:
-        loader = make_loader(dataset, batch_size=params.evaluate.batch_size)
+        """The held-out scores; under ``torchrun`` each rank scores its share and all get the sum (the same
+        numbers on every rank, so every rank keeps the same best epoch)."""
+        loader = make_loader(dataset, batch_size=params.evaluate.batch_size, rank=rt.rank, world_size=rt.world_size)
         settings = params.evaluate
         options = {"resolution": settings.resolution, "shot_fusion": settings.shot_fusion}
-        meter, _ = evaluate(model, loader, data.novel_classes, rt, **options)
+        meter, _ = evaluate(model, loader, data.novel_classes, rt, **options, across_ranks=True)
         return meter.summary()
 
     return validate

@@ -118,8 +118,29 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    batches: Sequence[Sequence[int]] | None = None,
 ) -> DataLoader:
-    """A DataLoader over ``dataset`` in episode order (the order is the sampler's, already random)."""
+    """A DataLoader over ``dataset`` in episode order (the order is the sampler's, already random).
+
+    ``batches`` replaces the consecutive batches of ``batch_size`` by an explicit list (e.g. one that keeps
+    the objects of a video frame together). With ``world_size`` > 1 it yields rank ``rank``'s share of the
+    one-process batches: batches ``rank``, ``rank + W``, … of that list. Every batch therefore holds
+    exactly the episodes it holds in a one-process run (the same tensor shapes, so the same predictions
+    bit for bit), no episode is seen twice, and a rank may get one batch fewer.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    if world_size > 1 or batches is not None:
+        if batches is None:
+            plan = rank_batches(len(dataset), batch_size, rank, world_size, drop_last=drop_last)
+        else:
+            plan = [list(batch) for batch in batches][rank::world_size]
+        return DataLoader(
+            dataset, batch_sampler=plan, num_workers=num_workers, pin_memory=pin_memory,
+            collate_fn=collate_episodes, persistent_workers=False,
+        )  # fmt: skip
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -130,3 +151,35 @@ def make_loader(
         collate_fn=collate_episodes,
         persistent_workers=False,
     )
+
+
+def grouped_batches(keys: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Batches of consecutive items that never split a run of equal ``keys`` (e.g. the episodes of one
+    query frame, one per object): runs are packed in order while they fit ``batch_size``; a run longer
+    than that is a batch of its own. With all keys distinct these are the consecutive batches."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    index = 0
+    while index < len(keys):
+        end = index + 1
+        while end < len(keys) and keys[end] == keys[index]:
+            end += 1
+        run = list(range(index, end))
+        if current and len(current) + len(run) > batch_size:
+            batches.append(current)
+            current = []
+        current += run
+        index = end
+    if current:
+        batches.append(current)
+    return batches
+
+
+def rank_batches(
+    num_items: int, batch_size: int, rank: int, world_size: int, *, drop_last: bool = False
+) -> list[list[int]]:
+    """Items ``0..num_items-1`` in batches of ``batch_size`` (the last one short unless ``drop_last``), then
+    every ``world_size``-th batch from ``rank``: ``rank_batches(10, 4, 1, 2) == [[4, 5, 6, 7]]``."""
+    stop = num_items - num_items % batch_size if drop_last else num_items
+    batches = [list(range(start, min(start + batch_size, stop))) for start in range(0, stop, batch_size)]
+    return batches[rank::world_size]

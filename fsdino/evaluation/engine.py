@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from fsdino.evaluation.distributed import reduce_meter
 from fsdino.evaluation.metrics import SegmentationMeter
 from fsdino.evaluation.voting import VOTE_THRESHOLD, ShotFusion, vote_fraction
 from fsdino.progress import progress_disabled
@@ -164,12 +165,17 @@ def evaluate(
     shot_fusion: ShotFusion = "model",
     keep: set[int] | None = None,
     progress: bool = False,
+    across_ranks: bool = False,
 ) -> tuple[SegmentationMeter, list[Prediction]]:
     """Score ``model`` over episode batches with the standard protocol (arguments as :func:`predict`).
 
     Args:
         class_ids: the fold's classes (mIoU averages over exactly these).
         keep: episode indices whose predictions are returned for overlays.
+        across_ranks: ``batches`` is this rank's share of a ``torchrun`` launch's batches
+            (``make_loader(rank=…, world_size=…)``): the counts of all ranks are summed and the kept
+            predictions gathered, so every rank returns the one-process result
+            (:mod:`fsdino.evaluation.distributed`). Every rank must call it.
     """
     meter = SegmentationMeter(tuple(class_ids))
 
@@ -177,4 +183,8 @@ def evaluate(
         meter.update(item.prediction[None], item.truth[None], [item.class_id])
 
     options = {"resolution": resolution, "shot_fusion": shot_fusion, "keep": keep, "progress": progress}
-    return meter, score(model, batches, runtime, update, **options)
+    kept = score(model, batches, runtime, update, **options)
+    if across_ranks:
+        meter = reduce_meter(meter, runtime)
+        kept = sorted(runtime.gather_lists(kept), key=lambda item: item.index)
+    return meter, kept

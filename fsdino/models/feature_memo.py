@@ -82,6 +82,19 @@ class FeatureMemo:
             torch.stack([row[1] for row in rows]).to(device=device, dtype=dtype),
         )
 
+    def add(self, keys: list[bytes], layer3: torch.Tensor, last: torch.Tensor) -> int:
+        """Store features computed elsewhere (N keys from :func:`image_key`, N×C×h×w each); a key already
+        present keeps its entry, as a lookup would. Returns how many entries were added."""
+        if not len(keys) == len(layer3) == len(last):
+            raise ValueError(f"{len(keys)} keys for {len(layer3)} layer3 and {len(last)} last rows")
+        added = 0
+        for key, layer3_row, last_row in zip(keys, layer3, last, strict=True):
+            if key in self._entries or (self.max_entries is not None and len(self._entries) >= self.max_entries):
+                continue
+            self._entries[key] = (self._stored(layer3_row), self._stored(last_row))
+            added += 1
+        return added
+
     def _stored(self, features: torch.Tensor) -> torch.Tensor:
         return features.detach().to(device="cpu", dtype=self.dtype)
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fsdino.errors import InputError
 from fsdino.training.schedule import learning_rate
 
 #: Autocast: ``auto`` (bf16 on GPUs that have it, else fp16; off on CPU), ``off``, or a fixed dtype.
@@ -20,7 +21,12 @@ class LoopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     epochs: int = Field(default=15, ge=1)
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="the global batch: summed over the ranks of a torchrun launch, each rank takes batch_size / N "
+        "(paper §4.1: batch 8 on 2-4 GPUs for distillation, on 1 GPU for training; HDMNet sets 4 per GPU on 2)",
+    )
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     seed: int = 0
@@ -45,6 +51,17 @@ class LoopConfig(BaseModel):
     compile: bool = Field(default=False, description="torch.compile the trained module (fsdino.training.speedups)")
     channels_last: bool = Field(default=False, description="channels-last weights and image inputs")
     fused_adamw: bool = Field(default=False, description="AdamW(fused=True) instead of torch's default")
+
+    def rank_batch_size(self, world_size: int) -> int:
+        """Each rank's share of the global ``batch_size`` on ``world_size`` ranks; an :class:`InputError` when
+        it does not divide. So the optimiser sees the same batches, steps and learning rates on any number of
+        GPUs: the paper's lr belongs to its global batch of 8 and needs no scaling."""
+        if self.batch_size % world_size:
+            raise InputError(
+                f"loop.batch_size: {self.batch_size} is the global batch (summed over the ranks) and does not divide "
+                f"among {world_size} ranks; use a multiple of {world_size}"
+            )
+        return self.batch_size // world_size
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         """Learning rate of 0-based optimiser step ``step`` (see :func:`~fsdino.training.schedule.learning_rate`)."""

@@ -180,7 +180,7 @@ def distill_stage(
     stats = stats if stats is not None else {}
     while position.epoch < config.epochs:
         order = epoch_order(len(data), config.seed, position.epoch, runtime.rank, runtime.world_size)
-        batches = chunk(order, config.batch_size, config.max_steps_per_epoch)
+        batches = chunk(order, config.rank_batch_size(runtime.world_size), config.max_steps_per_epoch)
         epoch_batches.batches = batches[position.step :]
         description = f"distill epoch {position.epoch + 1}/{config.epochs}"
         progress = epoch_progress(loader, len(batches), position.step, description, runtime)
@@ -233,15 +233,23 @@ def evaluate_mse(
     *, student: DinoV2Encoder, adapter: BottleneckAdapter, data: Dataset, targets: TargetFn | None,
     runtime: Runtime, batch_size: int = 8, num_workers: int = 0,
 ) -> float:  # fmt: skip
-    """Mean squared error of the adapter against the teacher over ``data`` (fixed order)."""
+    """Mean squared error of the adapter against the teacher over ``data`` (fixed order).
+
+    Under ``torchrun`` rank r scores batches r, r+W, … of the one-process batching and every rank gets the
+    per-batch sums of all ranks, added in batch order: the one-process value exactly, on every rank.
+    """
     adapter.eval().to(runtime.device)
     student.to(runtime.device)
-    total, count = 0.0, 0
-    batches = chunk(list(range(len(data))), batch_size)
-    for batch in make_loader(data, batches, num_workers, runtime.device):
+    plan = list(enumerate(chunk(list(range(len(data))), batch_size)))[runtime.rank :: runtime.world_size]
+    loader = make_loader(data, [batch for _, batch in plan], num_workers, runtime.device)
+    sums: list[tuple[int, float, int]] = []
+    for (number, _), batch in zip(plan, loader, strict=True):
         with runtime.autocast():
             prediction = adapter(student(batch["image"].to(runtime.device, non_blocking=True)).layer3)
         target = batch_targets(batch, prediction.shape[-1], targets, runtime.device)
-        total += F.mse_loss(prediction.float(), target, reduction="sum").item()
-        count += target.numel()
-    return total / max(count, 1) if count else math.nan
+        sums.append((number, F.mse_loss(prediction.float(), target, reduction="sum").item(), target.numel()))
+    total, count = 0.0, 0
+    for _, error, size in sorted(runtime.gather_lists(sums)):
+        total += error
+        count += size
+    return total / count if count else math.nan

@@ -63,8 +63,10 @@ def train_episodic(
     """Train ``model`` in place; resumes exactly from ``work_dir/state.pt`` when it exists.
 
     Returns the final position; its ``history`` rows hold ``train_loss``, ``train_loss_final``,
-    ``train_loss_prior`` (under DDP: the mean over the ranks) and, with ``validate`` (run on rank 0 only),
-    ``val_miou`` and ``val_fb_iou`` per epoch.
+    ``train_loss_prior`` (under DDP: the mean over the ranks) and, with ``validate``, ``val_miou`` and
+    ``val_fb_iou`` per epoch. ``validate`` is called on every rank with the unwrapped model and must return
+    the same scores on each (the pipeline's scores its share of the episodes and sums the counts over the
+    ranks, ``components/train.py``), so that all ranks agree on the best epoch.
     """
     device = runtime.device
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +93,7 @@ def train_episodic(
         model.train()
         data = episodes(position.epoch)
         order = epoch_order(len(data), config.seed, position.epoch, runtime.rank, runtime.world_size, shuffle=False)
-        batches = chunk(order, config.batch_size, config.max_steps_per_epoch)
+        batches = chunk(order, config.rank_batch_size(runtime.world_size), config.max_steps_per_epoch)
         loader = DataLoader(
             data, batch_sampler=batches[position.step :], num_workers=config.num_workers, collate_fn=_collate,
             pin_memory=device.type == "cuda",
@@ -128,7 +130,7 @@ def train_episodic(
         model.eval()
         _average_over_ranks(position, runtime)
         scores = {}
-        if validate is not None and runtime.is_main:
+        if validate is not None:  # on every rank: a rank-aware validate splits the episodes and sums
             metrics = validate(model)
             scores = {"val_miou": metrics["miou"], "val_fb_iou": metrics["fb_iou"]}
         row = position.close_epoch(scores)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -18,6 +18,8 @@ from fsdino.progress import progress_disabled
 
 if TYPE_CHECKING:
     from fsdino.training.config import AmpMode
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,39 @@ class Runtime:
             value /= self.world_size
         return value
 
+    def all_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over the ranks (a copy), on every rank; ``value`` itself in one process."""
+        if self.distributed:
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
+    def gather_lists(self, items: Sequence[T]) -> list[T]:
+        """Every rank's ``items`` concatenated in rank order, on every rank (small picklable lists: kept
+        overlays, per-batch sums). ``list(items)`` in one process."""
+        if not self.distributed:
+            return list(items)
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, list(items))
+        return [item for part in gathered for item in part]
+
+    def gather_to_main(self, value: T) -> list[T] | None:
+        """Every rank's ``value`` in rank order on rank 0, ``None`` on the others (one pickled transfer per
+        rank, for results only rank 0 writes). ``[value]`` in one process."""
+        if not self.distributed:
+            return [value]
+        gathered: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
+
+    def broadcast(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank (e.g. a threshold tuned once); ``value`` in one process."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def amp_dtype_for(mode: AmpMode, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``mode`` on ``device`` (``None``: full precision).
@@ -81,6 +116,9 @@ def amp_dtype_for(mode: AmpMode, device: torch.device) -> torch.dtype | None:
 def runtime(device: str = "auto", amp: AmpMode = "auto") -> Iterator[Runtime]:
     """Set up the run: a process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1), else one process.
 
+    Under ``torchrun`` no rank returns from entering it before every rank has entered it (an explicit
+    barrier), so what a step did before, e.g. rank 0's :func:`components.cli.prepare_work_dir`, is done.
+
     ``device="auto"`` picks ``cuda:<LOCAL_RANK>`` when CUDA is available, else the CPU.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -96,6 +134,12 @@ def runtime(device: str = "auto", amp: AmpMode = "auto") -> Iterator[Runtime]:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
         started = True
+        # torch no longer waits for every rank in init_process_group (unless TORCH_DIST_INIT_BARRIER=1, and
+        # NCCL connects lazily): this barrier is what holds the ranks until rank 0 prepared the work folders.
+        if torch_device.type == "cuda":
+            dist.barrier(device_ids=[torch_device.index])
+        else:
+            dist.barrier()
     try:
         yield Runtime(torch_device, rank, world_size, amp_dtype)
     finally:

@@ -40,7 +40,8 @@ DATA_SEED = 11
 #: Validation scores the scripted validation reports, by epoch: the best epoch is 1.
 SCRIPTED_MIOU = (0.2, 0.7, 0.4)
 #: DDP runs: episodes (or images) per epoch, per-rank batch size and epochs.
-DDP_ITEMS, DDP_BATCH, DDP_EPOCHS = 8, 2, 2
+DDP_ITEMS, DDP_BATCH, DDP_EPOCHS = 8, 4, 2  # DDP_BATCH is the global batch: 2 per rank on 2 ranks
+DDP_VAL_ITEMS = 5  # held-out images of the distillation comparison: 3 batches of 2, dealt 2 + 1 to the ranks
 DISTILL_STUDENT_SIZE, DISTILL_TEACHER_SIZE = 56, 64
 
 
@@ -179,7 +180,8 @@ def distill_adapter() -> BottleneckAdapter:
 
 
 def ddp_config(batch_size: int = DDP_BATCH, **overrides: Any) -> LoopConfig:
-    """The loop settings of the DDP comparison; ``batch_size`` is per rank."""
+    """The loop settings of the DDP comparison, the same for 2 ranks and for one process (``batch_size`` is
+    the global batch)."""
     values = {"epochs": DDP_EPOCHS, "batch_size": batch_size, "checkpoint_every": 1, "seed": 3, "device": "cpu"}
     return LoopConfig(**{**values, **overrides})
 
@@ -291,7 +293,11 @@ def _train(loop: str, work_dir: Path, journal: WriteJournal) -> dict[str, Any]:
                 checkpoint=work_dir / "state.pt", fingerprint="ddp", on_step=first.on_step,
             )  # fmt: skip
             weights = {name: value.clone() for name, value in adapter.state_dict().items()}
-            report |= {"weights": weights, "gradients": first.gradients}
+            val_mse = distill.evaluate_mse(
+                student=student, adapter=adapter, data=TinyImages(DDP_VAL_ITEMS),
+                targets=distill.online_targets(teacher, rt), runtime=rt, batch_size=2,
+            )  # fmt: skip
+            report |= {"weights": weights, "gradients": first.gradients, "val_mse": val_mse}
     return report | {"history": position.history, "global_step": position.global_step}
 
 

@@ -25,6 +25,7 @@ from tests.training.loops import (
     DDP_BATCH,
     DDP_EPOCHS,
     DDP_ITEMS,
+    DDP_VAL_ITEMS,
     FirstGradients,
     TinyImages,
     assert_matches_single_process,
@@ -189,12 +190,12 @@ def test_two_ddp_ranks_distil_like_one_process_with_twice_the_batch(parts, tmp_p
     adapter = distill_adapter()
     initial = {name: value.clone() for name, value in adapter.state_dict().items()}
     first = FirstGradients(adapter)
-    config = ddp_config(batch_size=2 * DDP_BATCH)  # the union of the ranks' k-th batches is this one's k-th
+    config = ddp_config()  # the ranks' config: the union of the ranks' k-th batches (2 each) is this one's k-th
     position = distill_stage(
         student=student, adapter=adapter, data=TinyImages(DDP_ITEMS), targets=online_targets(teacher, CPU),
         config=config, runtime=CPU, checkpoint=tmp_path / "single.pt", fingerprint="single", on_step=first.on_step,
     )  # fmt: skip
-    steps = DDP_EPOCHS * DDP_ITEMS // (2 * DDP_BATCH)
+    steps = DDP_EPOCHS * DDP_ITEMS // DDP_BATCH
     assert position.global_step == ranks[0]["global_step"] == ranks[1]["global_step"] == steps == 4
 
     for name, value in ranks[0]["weights"].items():  # DDP keeps the ranks in lockstep
@@ -204,6 +205,20 @@ def test_two_ddp_ranks_distil_like_one_process_with_twice_the_batch(parts, tmp_p
     for report in ranks:  # the epoch loss is averaged over the ranks
         losses = [row["loss"] for row in report["history"]]
         assert losses == pytest.approx([row["loss"] for row in position.history], rel=1e-5)
+
+    # held-out MSE: each rank scored its batches, both got the sum in batch order, i.e. one process's value
+    trained = distill_adapter()
+    trained.load_state_dict(ranks[0]["weights"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks ran: the same kernels, so the same per-batch sums
+    try:
+        val_mse = evaluate_mse(
+            student=student, adapter=trained, data=TinyImages(DDP_VAL_ITEMS), targets=online_targets(teacher, CPU),
+            runtime=CPU, batch_size=2,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert ranks[0]["val_mse"] == ranks[1]["val_mse"] == val_mse > 0
 
     assert ranks[0]["writes"] == ["state.pt"] * 6 and ranks[1]["writes"] == []  # 4 steps + 2 epoch ends
     assert sorted(path.name for path in (tmp_path / "work").iterdir()) == ["state.pt"]

@@ -97,3 +97,13 @@ def test_amp_modes_on_cuda(monkeypatch):
     assert amp_dtype_for("auto", cuda) is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert amp_dtype_for("auto", cuda) is torch.float16
+
+
+def test_the_batch_size_is_global_and_each_rank_takes_its_share():
+    from fsdino.errors import InputError
+    from fsdino.training.config import LoopConfig
+
+    config = LoopConfig(batch_size=8)
+    assert [config.rank_batch_size(world) for world in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    with pytest.raises(InputError, match=r"loop.batch_size: 8 is the global batch .* among 3 ranks"):
+        config.rank_batch_size(3)

@@ -9,7 +9,6 @@ import pickle
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from fsdino.training.teacher_cache import (
     shard_rows_by_rank,
     write_index,
 )
+from tests.launch import run_step
 from tests.training.loops import ROOT
 from tests.training.test_distill import Images
 
@@ -255,19 +255,8 @@ def test_the_step_reuses_its_shards_and_rebuilds_only_a_deleted_one(tmp_path, mo
 
 
 def _step(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run ``python -m …`` in ``cwd`` as a pipeline step runs (launcher variables of this process removed)."""
-    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {name: value for name, value in os.environ.items() if name not in launcher}
-    env |= {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
-    env |= {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    result = subprocess.run(
-        [sys.executable, *command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    if result.returncode != 0:
-        raise AssertionError(
-            f"{command} exited with {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-        )
-    return result
+    """Run ``python -m …`` in ``cwd`` as a pipeline step runs (``tests.launch.run_step``)."""
+    return run_step(command, cwd)
 
 
 def _summary(stdout: str) -> dict:
