@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", nargs="+", help="stage names, groups or globs (with their upstream)")
     parser.add_argument("--max-parallel", type=int, default=1, help="step commands at once (without --gpus)")
     parser.add_argument("--gpus", nargs="+", help="GPU ids; one running step per GPU")
+    parser.add_argument(
+        "--gpus-per-step", nargs="+", default=[], metavar="STAGE=N", type=_gpus_of,
+        help="run the steps a name, group or glob selects on N GPUs under torchrun (e.g. 'distill_*=4')",
+    )  # fmt: skip
     parser.add_argument("--no-commit", dest="commit", action="store_false", help="leave dvc.lock alone")
     parser.add_argument("--force", action="store_true", help="run steps even when DVC finds them up to date")
     parser.add_argument("--pull", action="store_true", help="dvc pull --run-cache first")
@@ -31,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--retry-delay", type=float, default=60.0, help="seconds between retries")
     parser.add_argument("--list", action="store_true", help="print the steps in order and exit")
     return parser
+
+
+def _gpus_of(text: str) -> tuple[str, int]:
+    target, _, count = text.rpartition("=")
+    if not target or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected STAGE=N with N a positive number of GPUs")
+    return target, int(count)
 
 
 def list_steps(root: str, stages: Sequence[str] | None) -> None:
@@ -51,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         done = reproduce(
             root=args.root, params=args.params, stages=args.stages, max_parallel=args.max_parallel, gpus=args.gpus,
-            commit=args.commit, force=args.force, pull=args.pull, push=args.push, retries=args.retries,
+            gpus_per_step=dict(args.gpus_per_step) or None, commit=args.commit, force=args.force, pull=args.pull,
+            push=args.push, retries=args.retries,
             retry_delay_seconds=args.retry_delay,
         )  # fmt: skip
     except ValueError as error:

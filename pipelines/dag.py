@@ -119,6 +119,11 @@ def select(steps: Sequence[Step], targets: Iterable[str], with_upstream: bool = 
     return [step for step in topological_order(steps) if step.name in chosen]
 
 
+def matches(step: Step, target: str) -> bool:
+    """Whether ``target`` names ``step``: its name, its group (``train``) or a glob (``train@*-2-*``)."""
+    return _matches(step, target)
+
+
 def _matches(step: Step, target: str) -> bool:
     return step.name == target or group_of(step) == target or fnmatch.fnmatchcase(step.name, target)
 

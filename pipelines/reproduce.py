@@ -2,6 +2,7 @@
 
     python -m pipelines                      # the whole DAG in order, one step at a time
     python -m pipelines --gpus 0 1 2 3       # independent steps four at a time, one GPU each
+    python -m pipelines --gpus 0 1 2 3 --gpus-per-step 'distill_*=4' teacher_cache=4   # torchrun on 4
 
 Each task decides as ``dvc repro`` does, through DVC's own API: an unchanged stage is skipped, one found
 in the run-cache is restored, any other has its outputs removed and its command run in the repository
@@ -25,7 +26,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import chdir, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Queue
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -34,7 +34,7 @@ from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipelines.artifacts import publish, publish_summary
-from pipelines.dag import Step, dvc_target, load_steps, select
+from pipelines.dag import Step, dvc_target, load_steps, matches, select
 
 EXIT_INPUT_ERROR = 2  # the components' exit code for bad input (components.cli): a retry cannot help
 OUTPUT_TAIL_LINES = 40
@@ -62,23 +62,55 @@ class StepOptions:
 
 
 class Slots:
-    """Bounds how many step commands run at once; with GPU ids, each running command holds one GPU."""
+    """Bounds how many step commands run at once; with GPU ids, each running command holds its GPUs."""
 
     def __init__(self, devices: Sequence[str | None]) -> None:
         if not devices:
             raise ValueError("at least one slot (max_parallel >= 1 or one GPU id) is needed")
-        self._free: Queue[str | None] = Queue()
-        for device in devices:
-            self._free.put(device)
+        self.size = len(devices)
+        self._free: list[str | None] = list(devices)
+        self._changed = threading.Condition()
 
     @contextmanager
-    def hold(self) -> Iterator[str | None]:
-        """Wait for a free slot; yields its GPU id (``None`` when the slots are not GPUs)."""
-        device = self._free.get()
+    def hold(self, count: int = 1) -> Iterator[list[str | None]]:
+        """Wait until ``count`` slots are free and take them all at once (a step never sits on part of its
+        GPUs while another waits for the rest); yields their GPU ids (``None`` each when not GPUs)."""
+        if not 1 <= count <= self.size:
+            raise ValueError(f"a step asks for {count} slots; there are {self.size}")
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._free) >= count)
+            taken, self._free = self._free[:count], self._free[count:]
         try:
-            yield device
+            yield taken
         finally:
-            self._free.put(device)
+            with self._changed:
+                self._free += taken
+                self._changed.notify_all()
+
+
+def ranks_of(step: Step, gpus_per_step: dict[str, int] | None) -> int:
+    """How many ranks (GPUs) ``step`` runs on: the value of the first key of ``gpus_per_step`` that names it
+    (stage name, group or glob, as ``stages``), else 1."""
+    for target, count in (gpus_per_step or {}).items():
+        if matches(step, target):
+            if count < 1:
+                raise ValueError(f"gpus_per_step[{target!r}]: expected a positive number of GPUs, got {count}")
+            return count
+    return 1
+
+
+def launched(command: str, ranks: int, step: str) -> str:
+    """``command`` as it runs on ``ranks`` ranks: ``python -m X …`` / ``python script.py …`` become
+    ``python -m torch.distributed.run --standalone --nproc-per-node=<ranks> -m X …`` (one machine, a free
+    port per launch, so concurrent steps do not collide); unchanged for one rank."""
+    if ranks == 1:
+        return command
+    words = command.split(maxsplit=1)
+    if len(words) < 2 or Path(words[0]).name not in ("python", "python3"):
+        raise ValueError(
+            f"step {step}: cannot launch {command!r} on {ranks} ranks (expected 'python -m …' or 'python <script>')"
+        )
+    return f"{words[0]} -m torch.distributed.run --standalone --nproc-per-node={ranks} {words[1]}"
 
 
 # --- running one step -------------------------------------------------------------------------------
@@ -91,8 +123,8 @@ def shell_argv(command: str) -> list[str]:
     return [shell, *no_rc, "-c", command]
 
 
-def step_env(step: Step, root: Path, device: str | None) -> dict[str, str]:
-    """The environment of a step: this one, plus DVC's ``DVC_ROOT``/``DVC_STAGE`` and the slot's GPU.
+def step_env(step: Step, root: Path, devices: Sequence[str | None]) -> dict[str, str]:
+    """The environment of a step: this one, plus DVC's ``DVC_ROOT``/``DVC_STAGE`` and the slots' GPUs.
 
     This interpreter's folder goes first on ``PATH`` so that ``python -m components.…`` is the
     environment the flow runs in (a worker started by absolute path has no activated venv).
@@ -100,8 +132,9 @@ def step_env(step: Step, root: Path, device: str | None) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(DVC_ROOT=str(root), DVC_STAGE=step.name, PYTHONUNBUFFERED="1")
-    if device is not None:
-        env["CUDA_VISIBLE_DEVICES"] = device
+    gpus = [device for device in devices if device is not None]
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     return env
 
 
@@ -120,10 +153,12 @@ def stream(argv: list[str], cwd: Path, env: dict[str, str], log: Callable[[str],
     return process.wait(), list(tail)
 
 
-def execute(step: Step, root: Path, device: str | None, log: Callable[[str], None]) -> None:
-    """Run the step's commands in order in its working folder; raises :class:`StepFailedError` on the first failure."""
-    env = step_env(step, root, device)
+def execute(step: Step, root: Path, devices: Sequence[str | None], log: Callable[[str], None]) -> None:
+    """Run the step's commands in order in its working folder, under ``torchrun`` with one rank per slot
+    when it holds several; raises :class:`StepFailedError` on the first failure."""
+    env = step_env(step, root, devices)
     for command in step.cmd:
+        command = launched(command, len(devices), step.name)
         log(f"> {command}")
         code, tail = stream(shell_argv(command), root / step.wdir, env, log)
         if code != 0:
@@ -192,14 +227,15 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(retries=2, retry_delay_seconds=60, retry_condition_fn=is_transient, cache_policy=NO_CACHE)
-def run_step(step: Step, options: StepOptions, slots: Slots) -> str:
-    """One DVC stage: skipped, restored or run (holding a slot), then committed; returns what happened."""
+def run_step(step: Step, options: StepOptions, slots: Slots, ranks: int = 1) -> str:
+    """One DVC stage: skipped, restored or run (holding ``ranks`` slots), then committed; returns what happened."""
     logger = get_run_logger()
     action = prepare(step.name, options)
     if action == RAN:
-        with slots.hold() as device:
-            logger.info("running %s%s", step.name, f" on GPU {device}" if device is not None else "")
-            execute(step, Path(options.root), device, logger.info)
+        with slots.hold(ranks) as devices:
+            gpus = [device for device in devices if device is not None]
+            logger.info("running %s%s", step.name, f" on GPU {','.join(gpus)}" if gpus else "")
+            execute(step, Path(options.root), devices, logger.info)
     if options.commit and action != UP_TO_DATE:
         commit([step.name], options.root)
     logger.info("%s: %s", step.name, action)
@@ -218,8 +254,15 @@ def use_params(root: Path, params: str) -> None:
         get_run_logger().info("params.yaml is now a copy of %s", source)
 
 
-def submit_all(steps: Sequence[Step], options: StepOptions, slots: Slots, retries: int, delay: float) -> dict:
+def submit_all(
+    steps: Sequence[Step], options: StepOptions, slots: Slots, retries: int, delay: float,
+    gpus_per_step: dict[str, int] | None = None,
+) -> dict:  # fmt: skip
     """Submit every step with ``wait_for`` on its upstream futures; independent steps run side by side."""
+    ranks = {step.name: ranks_of(step, gpus_per_step) for step in steps}
+    for name, count in ranks.items():  # before anything runs
+        if count > slots.size:
+            raise ValueError(f"step {name} asks for {count} GPUs (gpus_per_step); this run has {slots.size} slots")
     futures: dict[str, PrefectFuture] = {}
     for step in steps:
         tags = {"fsdino", step.group} | ({GPU_TAG} if step.expanded else set())
@@ -227,7 +270,7 @@ def submit_all(steps: Sequence[Step], options: StepOptions, slots: Slots, retrie
             name=f"stage-{step.group}", task_run_name=step.name, tags=tags, retries=retries, retry_delay_seconds=delay
         )
         upstream = [futures[name] for name in sorted(step.upstream) if name in futures]
-        futures[step.name] = configured.submit(step, options, slots, wait_for=upstream)
+        futures[step.name] = configured.submit(step, options, slots, ranks[step.name], wait_for=upstream)
     return futures
 
 
@@ -251,6 +294,7 @@ def reproduce(
     stages: list[str] | None = None,
     max_parallel: int = 1,
     gpus: list[str] | None = None,
+    gpus_per_step: dict[str, int] | None = None,
     commit: bool = True,
     force: bool = False,
     pull: bool = False,
@@ -266,6 +310,10 @@ def reproduce(
         stages: stage names, groups or globs (``train@*-2-*``) to run with their upstream; all when empty.
         max_parallel: how many step commands may run at once (ignored when ``gpus`` is given).
         gpus: GPU ids; one command per GPU at a time, pinned with ``CUDA_VISIBLE_DEVICES``.
+        gpus_per_step: stage name, group or glob → how many GPUs (slots) that step takes at once; it runs
+            under ``torchrun --standalone --nproc-per-node=N`` with those N GPUs visible (first match wins;
+            others take one). E.g. ``{"teacher_cache": 8, "distill_*": 4}``: the chain before the folds
+            uses the node instead of one GPU. The outputs do not depend on N (docs/orchestration.md).
         commit: ``dvc commit -f`` each step once it succeeds (``dvc.lock`` then matches the outputs).
         force: run every selected step even when DVC says it is up to date.
         pull: ``dvc pull --run-cache`` the selected stages first, and restore run-cache hits from the remote.
@@ -288,7 +336,7 @@ def reproduce(
         dvc(["pull", "--run-cache", "--allow-missing", *names], root_path, logger.info)
     options = StepOptions(root=str(root_path), force=force, commit=commit, pull=pull)
     slots = Slots(list(gpus) if gpus else [None] * max_parallel)
-    futures = submit_all(steps, options, slots, retries, retry_delay_seconds)
+    futures = submit_all(steps, options, slots, retries, retry_delay_seconds, gpus_per_step)
     try:
         done = outcomes(futures)
     finally:

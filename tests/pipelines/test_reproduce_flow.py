@@ -32,6 +32,11 @@ from pathlib import Path
 kind, fold = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "")
 name = f"{kind}{fold}"
 Path("timeline").mkdir(exist_ok=True)
+rank = os.environ.get("RANK", "0")
+if rank != "0":  # a step launched on several GPUs (torchrun): the other ranks only say that they ran
+    seen = {"world": os.environ.get("WORLD_SIZE"), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    Path(f"timeline/{name}.rank{rank}.json").write_text(json.dumps(seen))
+    sys.exit(0)
 with open("timeline/attempts.log", "a") as log:
     log.write(name + "\\n")
 print(f"step {name} starting", flush=True)
@@ -60,7 +65,7 @@ elif kind == "evaluate":
 else:
     Path("report.md").write_text("report")
 span = {"start": start, "end": time.time(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "stage": os.environ.get("DVC_STAGE")}
+        "stage": os.environ.get("DVC_STAGE"), "world": os.environ.get("WORLD_SIZE")}
 Path(f"timeline/{name}.json").write_text(json.dumps(span))
 """
 
@@ -171,6 +176,22 @@ def test_per_fold_tables_and_the_summary_are_artifacts(prefect_api, toy):
     assert table[1]["iou"] is None and "mIoU 75.0%" in found[keys[1]].description
     assert found[keys[1]].type == "table" and found[SUMMARY_KEY].type == "markdown"
     assert "| toy | 1 | 25.0 | 75.0 | 50.0 |" in found[SUMMARY_KEY].data
+
+
+@pytest.mark.slow
+def test_a_step_given_two_gpus_runs_under_torchrun_holding_both(prefect_api, toy):
+    done, _ = run_flow(root=str(toy), gpus=["0", "1", "2"], gpus_per_step={"train": 2})
+    assert set(done.values()) == {RAN}
+    for fold in (0, 1):
+        rank0 = span(toy, f"train{fold}")
+        rank1 = json.loads((toy / "timeline" / f"train{fold}.rank1.json").read_text())
+        assert rank0["world"] == rank1["world"] == "2" and rank0["gpu"] == rank1["gpu"]
+        assert len(set(rank0["gpu"].split(","))) == 2  # both ranks see the two GPUs the step holds
+        evaluation = span(toy, f"evaluate{fold}")
+        assert evaluation["world"] is None and evaluation["gpu"] in {"0", "1", "2"}  # one GPU, no torchrun
+    first, second = span(toy, "train0"), span(toy, "train1")
+    assert first["end"] <= second["start"] or second["end"] <= first["start"]  # 3 GPUs: one 2-GPU step at a time
+    assert attempts(toy).count("train0") == attempts(toy).count("train1") == 1  # rank 0 logs its attempt
 
 
 @pytest.mark.slow
