@@ -29,8 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--no-commit", dest="commit", action="store_false", help="leave dvc.lock alone")
     parser.add_argument("--force", action="store_true", help="run steps even when DVC finds them up to date")
-    parser.add_argument("--pull", action="store_true", help="dvc pull --run-cache first")
-    parser.add_argument("--push", action="store_true", help="dvc push --run-cache at the end")
+    parser.add_argument("--pull", action="store_true", help="fetch the remote's run-cache first; restore from it")
+    parser.add_argument("--push", action="store_true", help="push each stage (outputs + run-cache) once it ran")
     parser.add_argument("--retries", type=int, default=2)
     parser.add_argument("--retry-delay", type=float, default=60.0, help="seconds between retries")
     parser.add_argument("--list", action="store_true", help="print the steps in order and exit")

@@ -104,19 +104,29 @@ def select(steps: Sequence[Step], targets: Iterable[str], with_upstream: bool = 
     ``dvc repro train``) or a glob (``train@*-2-*`` for fold 2 of every variant and shot). With
     ``with_upstream`` the stages they depend on, transitively, are included.
 
+    A glob may match nothing when another target matches (``ablation_train@*-2-*`` on a profile whose
+    ablation runs only fold 0): one deployment per fold then serves every profile.
+
     Raises:
-        ValueError: when a target matches no stage.
+        ValueError: when a name or group matches no stage, or no target matches any.
     """
     by_name = {step.name: step for step in steps}
     chosen: set[str] = set()
+    targets = list(targets)
     for target in targets:
         matched = {step.name for step in steps if _matches(step, target)}
-        if not matched:
+        if not matched and not _is_glob(target):
             raise ValueError(f"stage {target!r} is not in dvc.yaml (known: {', '.join(by_name)})")
         chosen |= matched
+    if targets and not chosen:
+        raise ValueError(f"no stage of dvc.yaml matches {', '.join(map(repr, targets))} (known: {', '.join(by_name)})")
     if with_upstream:
         chosen = _with_upstream(by_name, chosen)
     return [step for step in topological_order(steps) if step.name in chosen]
+
+
+def _is_glob(target: str) -> bool:
+    return any(character in target for character in "*?[")
 
 
 def matches(step: Step, target: str) -> bool:

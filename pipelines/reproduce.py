@@ -59,6 +59,7 @@ class StepOptions:
     force: bool = False
     commit: bool = True
     pull: bool = False
+    push: bool = False
 
 
 class Slots:
@@ -212,12 +213,18 @@ def commit(names: Sequence[str], root: str) -> None:
             repo.commit(dvc_target(root, name), force=True)
 
 
-def dvc(arguments: list[str], root: Path, log: Callable[[str], None]) -> None:
-    """Run a ``dvc`` command (``pull``/``push``) of this environment in ``root``; raises on failure."""
-    argv = [sys.executable, "-m", "dvc", *arguments]
-    code, tail = stream(argv, root, dict(os.environ), log)
-    if code != 0:
-        raise StepFailedError("dvc " + " ".join(arguments), code, tail)
+def push_stage(name: str, root: str) -> None:
+    """``dvc push --run-cache <stage>``: the stage's outputs and the run-cache entries to the default remote."""
+    with dvc_repo(root) as repo:
+        repo.push(targets=[dvc_target(root, name)], run_cache=True)
+
+
+def pull_run_cache(root: str) -> None:
+    """Fetch the remote's run-cache entries only (a few hundred bytes per run of a stage), no outputs: each
+    step then pulls the outputs of its own cached run when it is restored (:func:`prepare`), so a machine
+    downloads only what the stages it reaches produce, never the outputs of stages outside its sub-DAG."""
+    with dvc_repo(root) as repo:
+        repo.stage_cache.pull(None)
 
 
 def is_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -238,6 +245,9 @@ def run_step(step: Step, options: StepOptions, slots: Slots, ranks: int = 1) -> 
             execute(step, Path(options.root), devices, logger.info)
     if options.commit and action != UP_TO_DATE:
         commit([step.name], options.root)
+    if options.push and action == RAN:  # now, not at the end: a later failure elsewhere loses nothing
+        push_stage(step.name, options.root)
+        logger.info("%s: outputs and run-cache pushed", step.name)
     logger.info("%s: %s", step.name, action)
     publish(step, Path(options.root))
     return action
@@ -316,8 +326,10 @@ def reproduce(
             uses the node instead of one GPU. The outputs do not depend on N (docs/orchestration.md).
         commit: ``dvc commit -f`` each step once it succeeds (``dvc.lock`` then matches the outputs).
         force: run every selected step even when DVC says it is up to date.
-        pull: ``dvc pull --run-cache`` the selected stages first, and restore run-cache hits from the remote.
-        push: ``dvc push --run-cache`` the selected stages at the end (needs ``commit``).
+        pull: fetch the remote's run-cache entries first; a step found there is restored with its outputs
+            pulled then (only the stages of this run's sub-DAG, in DAG order).
+        push: each step that ran pushes its outputs and the run-cache right after its commit (needs
+            ``commit``), so a failed step elsewhere in the run does not hold back what finished.
         retries, retry_delay_seconds: per step, for failures other than bad input.
 
     Returns:
@@ -333,14 +345,12 @@ def reproduce(
     names = [step.name for step in steps]
     logger.info("%d steps: %s", len(steps), ", ".join(names))
     if pull:
-        dvc(["pull", "--run-cache", "--allow-missing", *names], root_path, logger.info)
-    options = StepOptions(root=str(root_path), force=force, commit=commit, pull=pull)
+        pull_run_cache(str(root_path))
+    options = StepOptions(root=str(root_path), force=force, commit=commit, pull=pull, push=push)
     slots = Slots(list(gpus) if gpus else [None] * max_parallel)
     futures = submit_all(steps, options, slots, retries, retry_delay_seconds, gpus_per_step)
     try:
         done = outcomes(futures)
     finally:
         publish_summary(steps, root_path)
-    if push:
-        dvc(["push", "--run-cache", *names], root_path, logger.info)
     return done

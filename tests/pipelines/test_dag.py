@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,15 @@ def test_a_group_target_selects_all_its_items(steps):
 def test_an_unknown_target_names_itself(steps):
     with pytest.raises(ValueError, match="'nope'"):
         select(steps, ["nope"])
+    with pytest.raises(ValueError, match=re.escape("'train@full-9-1' is not in dvc.yaml")):
+        select(steps, ["train@*-0-*", "train@full-9-1"])  # a name must exist even beside other targets
+
+
+def test_a_glob_may_match_nothing_beside_a_target_that_matches(steps):
+    fold = select(steps, ["train@*-1-*", "ablation_train@*-1-*"], with_upstream=False)  # no ablation on fold 1
+    assert [step.name for step in fold] == ["train@full-1-1", "train@full-1-5"]
+    with pytest.raises(ValueError, match=re.escape("no stage of dvc.yaml matches 'ablation_train@*-1-*'")):
+        select(steps, ["ablation_train@*-1-*"])
 
 
 def test_overlapping_paths():

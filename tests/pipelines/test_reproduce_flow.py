@@ -127,6 +127,19 @@ def toy(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def other(toy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second workspace of the toy project (another machine); both use one DVC remote."""
+    remote = tmp_path_factory.mktemp("remote")
+    other = tmp_path_factory.mktemp("other")
+    for name in ("step.py", "params.yaml", "dvc.yaml"):
+        shutil.copy2(toy / name, other / name)
+    assert dvc(["init", "--no-scm", "-q"], other).returncode == 0
+    for workspace in (toy, other):
+        assert dvc(["remote", "add", "-d", "shared", str(remote)], workspace).returncode == 0
+    return other
+
+
 def span(root: Path, name: str) -> dict:
     return json.loads((root / "timeline" / f"{name}.json").read_text())
 
@@ -240,20 +253,23 @@ def test_bad_input_fails_at_once_naming_the_step_and_its_output(prefect_api, toy
 
 
 @pytest.mark.slow
-def test_another_workspace_restores_pushed_stages_instead_of_running_them(prefect_api, toy, tmp_path_factory):
-    remote = tmp_path_factory.mktemp("remote")
-    other = tmp_path_factory.mktemp("other")
-    for name in ("step.py", "params.yaml", "dvc.yaml"):
-        shutil.copy2(toy / name, other / name)
-    assert dvc(["init", "--no-scm", "-q"], other).returncode == 0
-    for workspace in (toy, other):
-        assert dvc(["remote", "add", "-d", "shared", str(remote)], workspace).returncode == 0
+def test_another_workspace_restores_pushed_stages_instead_of_running_them(prefect_api, toy, other):
     run_flow(root=str(toy), max_parallel=2, push=True)
     done, _ = run_flow(root=str(other), max_parallel=2, pull=True, stages=["evaluate@1"])
     assert set(done.values()) == {RESTORED}
     assert not (other / "timeline").exists(), "nothing ran in the second workspace"
     assert (other / "outputs/evaluate/toy/fold1_shot1/metrics.json").is_file()
     assert "up to date" in dvc(["status", "evaluate@1", "--with-deps"], other).stdout
+
+
+@pytest.mark.slow
+def test_each_step_is_pushed_when_it_ran_so_a_failed_fold_loses_no_other(prefect_api, toy, other):
+    (toy / "bad/train0").touch()
+    with pytest.raises(StepFailedError, match="step train@0 failed"):
+        reproduce(root=str(toy), max_parallel=2, push=True, retry_delay_seconds=0)
+    done, _ = run_flow(root=str(other), max_parallel=2, pull=True, stages=["evaluate@1"])
+    assert set(done.values()) == {RESTORED}  # prepare, train@1 and evaluate@1 came from the failed run's pushes
+    assert not (other / "timeline").exists() and not (other / "models/fold0").exists()  # only its sub-DAG
 
 
 def test_summary_markdown_has_a_row_per_variant_and_shot_with_the_mean():
@@ -293,6 +309,16 @@ def test_the_deployments_match_the_flow_and_the_dag():
     assert CronSchedule(cron=weekly.cron, timezone=weekly.timezone).cron == "0 2 * * 1"
     fold = [step.name for step in select(steps, deployments["fsdino-fold-2"].parameters["stages"], False)]
     assert fold and all(name.split("@")[1].split("-")[1] == "2" for name in fold)
+    per_fold = {"train", "evaluate", "ablation_train", "ablation_evaluate"}
+    chosen = {}
+    for fold in range(4):
+        targets = deployments[f"fsdino-fold-{fold}"].parameters["stages"]
+        chosen[fold] = {step.name for step in select(steps, targets, False)}
+    owners = {
+        step.name: [fold for fold in chosen if step.name in chosen[fold]] for step in steps if step.group in per_fold
+    }
+    assert any(name.startswith("ablation_") for name in owners)  # the demo DAG has ablation runs on fold 0
+    assert all(len(found) == 1 for found in owners.values()), owners  # each per-fold stage on one fold machine
 
 
 @pytest.mark.slow
