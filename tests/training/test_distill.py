@@ -182,7 +182,7 @@ def test_evaluate_mse_matches_the_loss_definition(parts):
 
 
 @pytest.mark.slow
-def test_two_ddp_ranks_distil_like_one_process_with_twice_the_batch(parts, tmp_path: Path) -> None:
+def test_two_ddp_ranks_distil_like_one_process_with_the_same_global_batch(parts, tmp_path: Path) -> None:
     ranks = torchrun("distill", tmp_path)
     assert [report["rank"] for report in ranks] == [0, 1]
 

@@ -163,10 +163,11 @@ def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path) -> None:
 
 
 def test_the_batch_loss_is_the_mean_of_the_per_episode_losses_without_ignore_pixels() -> None:
-    """Why two DDP ranks of batch B equal one process of batch 2B: the Dice term is a per-sample mean, the
-    BCE term a mean over the batch's valid pixels, which is a per-sample mean when every sample has the
-    same number of valid pixels (no 255). With ignore pixels the BCE of the union weights samples by their
-    valid-pixel count, so DDP's mean of per-rank losses then differs from the union's loss."""
+    """Why two DDP ranks sharing a global batch B (B/2 each) equal one process of batch B: the Dice term is a
+    per-sample mean, the BCE term a mean over the batch's valid pixels, which is a per-sample mean when
+    every sample has the same number of valid pixels (no 255). With ignore pixels the BCE of the union
+    weights samples by their valid-pixel count, so DDP's mean of per-rank losses then differs from the
+    union's loss."""
     generator = torch.Generator().manual_seed(0)
     logits, prior = torch.randn(2, 4, 1, 9, 9, generator=generator)
     target = (torch.rand(4, 9, 9, generator=generator) > 0.5).long()
@@ -184,7 +185,7 @@ def test_the_batch_loss_is_the_mean_of_the_per_episode_losses_without_ignore_pix
 
 
 @pytest.mark.slow
-def test_two_ddp_ranks_train_like_one_process_with_twice_the_batch(tmp_path: Path) -> None:
+def test_two_ddp_ranks_train_like_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
     ranks = torchrun("episodic", tmp_path)
     assert [report["rank"] for report in ranks] == [0, 1]
 
