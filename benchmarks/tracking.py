@@ -15,12 +15,9 @@ that is ``1.2e6 · c`` seconds, and ``S / LOG_EVERY`` tracking calls instead of 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -29,6 +26,7 @@ from mlflow import MlflowClient
 
 from benchmarks.budget import UNLIMITED, Budget
 from benchmarks.results import Record, SuiteResult
+from benchmarks.servers import free_port, running
 from benchmarks.sizes import BenchSize
 from benchmarks.timing import Timing
 from components.tracking import metric_logger
@@ -40,34 +38,13 @@ PAPER_STEPS = 1_200_000
 LOSSES = ("train_loss", "train_loss_final", "train_loss_prior")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """``mlflow server`` (SQLite store, local artifacts) on a free loopback port, once it answers ``/health``."""
-    port = _free_port()
-    command = [
+def server_command(folder: Path, port: int) -> list[str]:
+    """``mlflow server`` with a SQLite store and local artifacts in ``folder``, on 127.0.0.1:``port``."""
+    return [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
         "--artifacts-destination", (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
-    log = (folder / "server.log").open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {process.returncode}: see {folder / 'server.log'}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("mlflow server did not answer /health within 120 s")
 
 
 def _steps(mode: str) -> tuple[float, str]:
@@ -94,26 +71,27 @@ def run(size: BenchSize, device: torch.device, budget: Budget = UNLIMITED) -> Su
     records, per_step = [], {}
     saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
     with tempfile.TemporaryDirectory(prefix="fsdino-tracking-") as tmp:
-        process, url = start_server(Path(tmp))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = server_command(Path(tmp), port)
         try:
-            mlflow.set_tracking_uri(url)
-            mlflow.set_experiment("tracking-benchmark")
-            for mode in ("every_step_sync", "window_async"):
-                seconds, run_id = _steps(mode)
-                stored = len(MlflowClient(url).get_metric_history(run_id, "train/full/fold0_shot1/train_loss"))
-                per_step[mode] = 1000 * seconds / STEPS
-                records.append(
-                    Record(
-                        name=mode, batch_size=1, image_size=0, dtype="float32", unit="steps/s",
-                        timing=Timing(warmup=0, times_s=(seconds / STEPS,)),
-                        params={"steps": STEPS, "log_every": 1 if mode == "every_step_sync" else LOG_EVERY,
-                                "ms_per_step": per_step[mode], "points_stored_per_metric": stored},
-                    )
-                )  # fmt: skip
+            with running(command, None, f"{url}/health", Path(tmp) / "server.log", timeout_s=120):
+                mlflow.set_tracking_uri(url)
+                mlflow.set_experiment("tracking-benchmark")
+                for mode in ("every_step_sync", "window_async"):
+                    seconds, run_id = _steps(mode)
+                    stored = len(MlflowClient(url).get_metric_history(run_id, "train/full/fold0_shot1/train_loss"))
+                    per_step[mode] = 1000 * seconds / STEPS
+                    records.append(
+                        Record(
+                            name=mode, batch_size=1, image_size=0, dtype="float32", unit="steps/s",
+                            timing=Timing(warmup=0, times_s=(seconds / STEPS,)),
+                            params={"steps": STEPS, "log_every": 1 if mode == "every_step_sync" else LOG_EVERY,
+                                    "ms_per_step": per_step[mode], "points_stored_per_metric": stored},
+                        )
+                    )  # fmt: skip
         finally:
             mlflow.set_tracking_uri(None)
-            process.terminate()
-            process.wait(timeout=30)
             if saved is not None:
                 os.environ["MLFLOW_TRACKING_URI"] = saved
     before, after = per_step["every_step_sync"], per_step["window_async"]

@@ -1,5 +1,6 @@
 """Shared MLflow test helpers: isolated MLflow globals, a migrated SQLite store copied per test, a tiny
-FS-DINO checkpoint, moto's S3 server, and subprocess servers on 127.0.0.1 polled until they answer.
+FS-DINO checkpoint, moto's S3 server, and the environment of subprocess servers (started with
+``benchmarks.servers.running``, which polls them until they answer).
 
 Fixtures are defined as ``<name>_fixture`` with ``@pytest.fixture(name=<name>)``: import the
 ``…_fixture`` function into the test module and ask for ``<name>``.
@@ -12,12 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -128,55 +123,6 @@ def tiny_checkpoint_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ servers
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``process`` exits, with the end of its output."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode} before answering {url}")
-        with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(url, timeout=2) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer within {timeout_s:.0f} s")
-
-
-@contextlib.contextmanager
-def running(command: list[str], env: dict[str, str], ready_url: str, log_path: Path) -> Iterator[subprocess.Popen]:
-    """Start ``command`` in its own process group, wait for ``ready_url``, and stop the group on exit."""
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            try:
-                wait_until_ready(ready_url, process)
-            except AssertionError as error:
-                raise AssertionError(f"{error}\n--- {log_path.name} ---\n{_tail(log_path)}") from None
-            yield process
-        finally:
-            _stop_group(process)
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    return path.read_text(errors="replace")[-chars:]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

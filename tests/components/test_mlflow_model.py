@@ -18,6 +18,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from benchmarks.servers import free_port, running
 from components.mlflow_model import (
     CHECKPOINT_ARTIFACT,
     ENCODER_ARTIFACT,
@@ -35,10 +36,8 @@ from fsdino.errors import InputError
 from fsdino.inference import Segmenter
 from fsdino.models.build import build_fsdino
 from tests.components.mlflow_fixtures import (
-    free_port,
     isolated_mlflow_state,
     migrated_store,
-    running,
     subprocess_env,
     tiny_checkpoint_fixture,  # noqa: F401  (the tiny_checkpoint fixture)
     tiny_model_config,

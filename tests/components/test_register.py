@@ -13,6 +13,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from benchmarks.servers import free_port, running
 from components.mlflow_model import log_fsdino_model
 from components.register import (
     CHALLENGER,
@@ -26,11 +27,9 @@ from components.register import (
 from components.tracking import TrackingConfig, log_artifacts_if_exist, metric_logger, pipeline_run, stage_run
 from fsdino.errors import InputError
 from tests.components.mlflow_fixtures import (
-    free_port,
     isolated_mlflow_state,
     migrated_store,
     moto_endpoint_fixture,  # noqa: F401  (the moto_endpoint fixture)
-    running,
     sqlite_tracking_fixture,  # noqa: F401  (the sqlite_tracking fixture)
     subprocess_env,
     tiny_checkpoint_fixture,  # noqa: F401  (the tiny_checkpoint fixture)

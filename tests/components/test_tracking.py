@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from pydantic import ValidationError
 
+from benchmarks.servers import free_port, running
 from components.tracking import (
     PROJECT_ROOT,
     RUN_ID_ENV,
@@ -31,10 +32,8 @@ from components.tracking import (
 )
 from fsdino.errors import InputError
 from tests.components.mlflow_fixtures import (
-    free_port,
     isolated_mlflow_state,
     migrated_store,
-    running,
     sqlite_tracking_fixture,  # noqa: F401  (the sqlite_tracking fixture)
     subprocess_env,
 )
