@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -60,9 +61,16 @@ def _project(root: Path, memo: bool = False, crossdomain: bool = False) -> None:
         values["features"].update(memo=memo, batch_size=5)  # 2 views per image: groups of 3 images
         values["benchmark"]["synthetic"].update(num_images=40, min_size=64, max_size=80)
         values["evaluate"].update(episodes=EPISODES, batch_size=BATCH, overlays=3, baseline=True)
-        values["crossdomain"].update(batch_size=4, overlays=3)  # several batches, each of whole DAVIS frames
+        values["crossdomain"].update(batch_size=3, overlays=3)  # DAVIS: 5 batches of whole frames, not 4 of 3
         values["crossdomain"]["fss"]["synthetic"] = {"num_classes": 10, "images_per_class": 3, "size": 48}
-        values["crossdomain"]["davis"]["synthetic"] = {"sequences": 2, "frames": 5, "height": 54, "width": 96}
+        # seed 2: one sequence with 1 object, one with 2, so frames of 1 and of 2 episodes
+        values["crossdomain"]["davis"]["synthetic"] = {
+            "sequences": 2,
+            "frames": 5,
+            "height": 54,
+            "width": 96,
+            "seed": 2,
+        }
         stage_benchmark.run(Params.model_validate(values))
         if crossdomain:
             for target in ("fss", "davis"):
@@ -134,7 +142,10 @@ def test_two_gloo_ranks_write_the_one_process_crossdomain_scores(tmp_path: Path,
     ranks = run_step([*TORCHRUN_2, *step], two)
     summaries = [json.loads(line) for line in ranks.stdout.splitlines() if line.startswith("{")]
     assert summaries == [json.loads(alone.stdout.splitlines()[-1])]
-    assert summaries[0]["episodes"] >= 8  # at least 2 batches, so both ranks predict
+    assert summaries[0]["episodes"] >= 9  # at least 3 batches, so both ranks predict
+    if target == "davis":  # a frame of two objects, which consecutive batches of 3 would have split
+        objects = pd.read_csv(one / "outputs/evaluate/crossdomain/davis/per_object.csv").groupby("sequence").size()
+        assert sorted(objects.tolist()) == [1, 2]
     out = [Path(f"outputs/evaluate/crossdomain/{target}"), Path(f"outputs/metrics/crossdomain/{target}.json")]
 
     def written(root: Path) -> dict[str, bytes]:
