@@ -160,9 +160,9 @@ def score_pass(
 
     resolution = params.evaluate.resolution
     progress = keep is not None and rt.is_main
-    kept = score(model, loader, rt, update, resolution=resolution, keep=keep, progress=progress)
+    kept = score(model, loader, rt, update, resolution=resolution, keep=keep, progress=progress, across_ranks=True)
     scores.merge_ranks(rt)
-    return sorted(rt.gather_lists(kept), key=lambda item: item.index)
+    return kept
 
 
 def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:

@@ -118,8 +118,8 @@ def run(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     keep = overlay_indices(len(episodes), settings.overlays)
     with runtime(params.train.loop.device, params.train.loop.amp) as rt:
         model.to(rt.device)
-        loading = {"batch_size": settings.batch_size, "num_workers": params.train.loop.num_workers}
-        loading.update(rank=rt.rank, world_size=rt.world_size)
+        loading = {"batch_size": settings.batch_size, "num_workers": params.train.loop.num_workers,
+                   "rank": rt.rank, "world_size": rt.world_size}  # fmt: skip
         options = {"resolution": settings.resolution, "shot_fusion": settings.shot_fusion, "across_ranks": True}
         meter, kept = evaluate(model, make_loader(dataset, **loading), data.novel_classes, rt, **options, keep=keep,
                                progress=rt.is_main)  # fmt: skip

@@ -114,7 +114,7 @@ def select(steps: Sequence[Step], targets: Iterable[str], with_upstream: bool = 
     chosen: set[str] = set()
     targets = list(targets)
     for target in targets:
-        matched = {step.name for step in steps if _matches(step, target)}
+        matched = {step.name for step in steps if matches(step, target)}
         if not matched and not _is_glob(target):
             raise ValueError(f"stage {target!r} is not in dvc.yaml (known: {', '.join(by_name)})")
         chosen |= matched
@@ -131,10 +131,6 @@ def _is_glob(target: str) -> bool:
 
 def matches(step: Step, target: str) -> bool:
     """Whether ``target`` names ``step``: its name, its group (``train``) or a glob (``train@*-2-*``)."""
-    return _matches(step, target)
-
-
-def _matches(step: Step, target: str) -> bool:
     return step.name == target or group_of(step) == target or fnmatch.fnmatchcase(step.name, target)
 
 

@@ -132,25 +132,14 @@ def make_loader(
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    if world_size > 1 or batches is not None:
-        if batches is None:
-            plan = rank_batches(len(dataset), batch_size, rank, world_size, drop_last=drop_last)
-        else:
-            plan = [list(batch) for batch in batches][rank::world_size]
-        return DataLoader(
-            dataset, batch_sampler=plan, num_workers=num_workers, pin_memory=pin_memory,
-            collate_fn=collate_episodes, persistent_workers=False,
-        )  # fmt: skip
+    if batches is None:
+        plan = rank_batches(len(dataset), batch_size, rank, world_size, drop_last=drop_last)
+    else:
+        plan = [list(batch) for batch in batches][rank::world_size]
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        collate_fn=collate_episodes,
+        dataset, batch_sampler=plan, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_episodes,
         persistent_workers=False,
-    )
+    )  # fmt: skip
 
 
 def grouped_batches(keys: Sequence[str], batch_size: int) -> list[list[int]]:

@@ -144,15 +144,17 @@ def score(
     shot_fusion: ShotFusion = "model",
     keep: set[int] | None = None,
     progress: bool = False,
+    across_ranks: bool = False,
 ) -> list[Prediction]:
     """Predict every episode (arguments as :func:`predict`) and hand each to ``update`` as it comes, keeping
-    no mask; returns the predictions of the episodes whose indices are in ``keep`` (for overlays)."""
+    no mask; returns the predictions of the episodes whose indices are in ``keep`` (for overlays). With
+    ``across_ranks`` (``batches`` is this rank's share, see :func:`evaluate`) those of every rank, by index."""
     kept: list[Prediction] = []
     for item in predict(model, batches, runtime, resolution=resolution, shot_fusion=shot_fusion, progress=progress):
         update(item)
         if keep and item.index in keep:
             kept.append(kept_prediction(item))
-    return kept
+    return sorted(runtime.gather_lists(kept), key=lambda item: item.index) if across_ranks else kept
 
 
 def evaluate(
@@ -183,8 +185,5 @@ def evaluate(
         meter.update(item.prediction[None], item.truth[None], [item.class_id])
 
     options = {"resolution": resolution, "shot_fusion": shot_fusion, "keep": keep, "progress": progress}
-    kept = score(model, batches, runtime, update, **options)
-    if across_ranks:
-        meter = reduce_meter(meter, runtime)
-        kept = sorted(runtime.gather_lists(kept), key=lambda item: item.index)
-    return meter, kept
+    kept = score(model, batches, runtime, update, **options, across_ranks=across_ranks)
+    return (reduce_meter(meter, runtime) if across_ranks else meter), kept

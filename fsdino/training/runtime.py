@@ -45,15 +45,17 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def barrier(self) -> None:
-        if self.distributed:
+        """Wait for every rank (NCCL is told this rank's GPU, so it does not guess one)."""
+        if not self.distributed:
+            return
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            dist.barrier(device_ids=[index])
+        else:
             dist.barrier()
 
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            value = value.clone()
-            dist.all_reduce(value)
-            value /= self.world_size
-        return value
+        return self.all_sum(value) / self.world_size if self.distributed else value
 
     def all_sum(self, value: torch.Tensor) -> torch.Tensor:
         """``value`` summed over the ranks (a copy), on every rank; ``value`` itself in one process."""
@@ -134,14 +136,13 @@ def runtime(device: str = "auto", amp: AmpMode = "auto") -> Iterator[Runtime]:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
         started = True
-        # torch no longer waits for every rank in init_process_group (unless TORCH_DIST_INIT_BARRIER=1, and
-        # NCCL connects lazily): this barrier is what holds the ranks until rank 0 prepared the work folders.
-        if torch_device.type == "cuda":
-            dist.barrier(device_ids=[torch_device.index])
-        else:
-            dist.barrier()
+    place = Runtime(torch_device, rank, world_size, amp_dtype)
+    # torch no longer waits for every rank in init_process_group (unless TORCH_DIST_INIT_BARRIER=1, and NCCL
+    # connects lazily): this barrier is what holds the ranks until rank 0 prepared the work folders.
+    if started:
+        place.barrier()
     try:
-        yield Runtime(torch_device, rank, world_size, amp_dtype)
+        yield place
     finally:
         if started:
             dist.destroy_process_group()
