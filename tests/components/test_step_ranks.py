@@ -83,45 +83,43 @@ def _project(root: Path, memo: bool = False, crossdomain: bool = False) -> None:
         os.chdir(cwd)
 
 
-def _written(root: Path) -> dict[str, bytes]:
-    outputs = [root / "outputs/evaluate/full/fold0_shot1", root / "outputs/metrics/evaluate/full"]
-    return {
-        str(p.relative_to(root)): p.read_bytes() for folder in outputs for p in sorted(folder.rglob("*")) if p.is_file()
-    }
+def _alone_and_on_two_ranks(tmp_path: Path, step: list[str], **project: bool) -> tuple[Path, Path, dict]:
+    """``python <step>`` in one tiny project and under torchrun with 2 ranks in a twin; the two folders and
+    the summary, which only rank 0 prints and which must be the one process's."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    _project(one, **project)
+    _project(two, **project)
+    alone = run_step(step, one)
+    ranks = run_step([*TORCHRUN_2, *step], two)
+    summaries = [json.loads(line) for line in ranks.stdout.splitlines() if line.startswith("{")]
+    assert summaries == [json.loads(alone.stdout.splitlines()[-1])]  # rank 0's only
+    return one, two, summaries[0]
+
+
+def _written(root: Path, places: list[str]) -> dict[str, bytes]:
+    """Relative path → bytes of every file at or under ``places`` (relative to ``root``)."""
+    files = [path for place in places for path in sorted([root / place, *(root / place).rglob("*")]) if path.is_file()]
+    return {str(path.relative_to(root)): path.read_bytes() for path in files}
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_write_the_one_process_metrics_overlays_and_baseline(tmp_path: Path) -> None:
-    one, two = tmp_path / "one", tmp_path / "two"
-    _project(one)
-    _project(two)
     step = ["-m", "components.evaluate", "--variant", "full", "--fold", "0", "--shot", "1"]
-    alone = run_step(step, one)
-    ranks = run_step([*TORCHRUN_2, *step], two)
-
-    summaries = [json.loads(line) for line in ranks.stdout.splitlines() if line.startswith("{")]
-    assert len(summaries) == 1  # rank 0's only
-    assert summaries[0] == json.loads(alone.stdout.splitlines()[-1])
+    one, two, _ = _alone_and_on_two_ranks(tmp_path, step)
     metrics = json.loads((one / "outputs/evaluate/full/fold0_shot1/metrics.json").read_text())
     assert metrics["episodes"] == EPISODES and 0 < metrics["miou"] < 1 and metrics["baseline"]["episodes"] == EPISODES
     assert len(metrics["overlays"]) == 3  # kept on both ranks (episodes 0, 4, 8), gathered to rank 0
 
-    written_one, written_two = _written(one), _written(two)
+    places = ["outputs/evaluate/full/fold0_shot1", "outputs/metrics/evaluate/full"]
+    written_one, written_two = _written(one, places), _written(two, places)
     assert sorted(written_two) == sorted(written_one) and len(written_one) == 6  # metrics, table, 3 PNGs, DVC
     assert written_two == written_one  # byte for byte: metrics.json, per_class.csv, the overlays
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_write_the_one_process_feature_memo(tmp_path: Path) -> None:
-    one, two = tmp_path / "one", tmp_path / "two"
-    _project(one, memo=True)
-    _project(two, memo=True)
-    step = ["-m", "components.features"]
-    alone = run_step(step, one)
-    ranks = run_step([*TORCHRUN_2, *step], two)
-    summaries = [json.loads(line) for line in ranks.stdout.splitlines() if line.startswith("{")]
-    assert summaries == [json.loads(alone.stdout.splitlines()[-1])]
-    assert summaries[0]["entries"] > 6  # more than one group per rank
+    one, two, summary = _alone_and_on_two_ranks(tmp_path, ["-m", "components.features"], memo=True)
+    assert summary["entries"] > 6  # more than one group per rank
     folder = Path("outputs/features")
     assert (two / folder / "manifest.json").read_bytes() == (one / folder / "manifest.json").read_bytes()
     memo_one = torch.load(one / folder / "memo.pt", weights_only=True)
@@ -134,23 +132,12 @@ def test_two_gloo_ranks_write_the_one_process_feature_memo(tmp_path: Path) -> No
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["fss", "davis"])
 def test_two_gloo_ranks_write_the_one_process_crossdomain_scores(tmp_path: Path, target: str) -> None:
-    one, two = tmp_path / "one", tmp_path / "two"
-    _project(one, crossdomain=True)
-    _project(two, crossdomain=True)
     step = ["-m", "components.crossdomain", "--target", target]
-    alone = run_step(step, one)
-    ranks = run_step([*TORCHRUN_2, *step], two)
-    summaries = [json.loads(line) for line in ranks.stdout.splitlines() if line.startswith("{")]
-    assert summaries == [json.loads(alone.stdout.splitlines()[-1])]
-    assert summaries[0]["episodes"] >= 9  # at least 3 batches, so both ranks predict
+    one, two, summary = _alone_and_on_two_ranks(tmp_path, step, crossdomain=True)
+    assert summary["episodes"] >= 9  # at least 3 batches, so both ranks predict
     if target == "davis":  # a frame of two objects, which consecutive batches of 3 would have split
         objects = pd.read_csv(one / "outputs/evaluate/crossdomain/davis/per_object.csv").groupby("sequence").size()
         assert sorted(objects.tolist()) == [1, 2]
-    out = [Path(f"outputs/evaluate/crossdomain/{target}"), Path(f"outputs/metrics/crossdomain/{target}.json")]
-
-    def written(root: Path) -> dict[str, bytes]:
-        files = [path for place in out for path in sorted([root / place, *(root / place).rglob("*")]) if path.is_file()]
-        return {str(path.relative_to(root)): path.read_bytes() for path in files}
-
-    assert len(written(one)) == 6  # metrics.json, the per-class/per-object CSV, 3 overlays, the DVC metrics
-    assert written(two) == written(one)
+    places = [f"outputs/evaluate/crossdomain/{target}", f"outputs/metrics/crossdomain/{target}.json"]
+    assert len(_written(one, places)) == 6  # metrics.json, the per-class/per-object CSV, 3 overlays, DVC metrics
+    assert _written(two, places) == _written(one, places)

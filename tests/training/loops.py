@@ -10,8 +10,6 @@ it wrote through the loop's writers (recorded by wrapping them), so a test can t
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,8 +31,8 @@ from fsdino.training.checkpointing import RunPosition
 from fsdino.training.config import LoopConfig
 from fsdino.training.runtime import runtime
 from tests.conftest import TINY_SIZE, tiny_config
+from tests.launch import ROOT, TORCHRUN_2, run_step
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL_SEED = 7
 DATA_SEED = 11
 #: Validation scores the scripted validation reports, by epoch: the best epoch is 1.
@@ -209,18 +207,7 @@ def torchrun(loop: str, out: Path) -> list[dict[str, Any]]:
 
     ``OUT/work`` is the run's shared folder. A failed launch fails the calling test with the ranks' output.
     """
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        "-m", "tests.training.loops", loop, str(out),
-    ]  # fmt: skip
-    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {name: value for name, value in os.environ.items() if name not in launcher}
-    env |= {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
-    if result.returncode != 0:
-        raise AssertionError(
-            f"torchrun exited with {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-        )
+    run_step([*TORCHRUN_2, "-m", "tests.training.loops", loop, str(out)], ROOT)
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 

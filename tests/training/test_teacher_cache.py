@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -36,8 +35,7 @@ from fsdino.training.teacher_cache import (
     shard_rows_by_rank,
     write_index,
 )
-from tests.launch import run_step
-from tests.training.loops import ROOT
+from tests.launch import ROOT, TORCHRUN_2, run_step
 from tests.training.test_distill import Images
 
 KEYS = tuple(f"sa_{i}" for i in range(10))
@@ -254,11 +252,6 @@ def test_the_step_reuses_its_shards_and_rebuilds_only_a_deleted_one(tmp_path, mo
     assert targets[7].shape == (256, 2, 2)  # tiny profile: image sizes 14, 28, 42 px → grids 1, 2, 3
 
 
-def _step(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run ``python -m …`` in ``cwd`` as a pipeline step runs (``tests.launch.run_step``)."""
-    return run_step(command, cwd)
-
-
 def _summary(stdout: str) -> dict:
     (line,) = [line for line in stdout.splitlines() if line.startswith("{")]  # rank 0's summary only
     return json.loads(line)
@@ -268,9 +261,8 @@ def _summary(stdout: str) -> dict:
 def test_two_torchrun_ranks_build_alternate_shards_like_one_process(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = tiny_project(tmp_path)
-    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     step = ["-m", "components.teacher_cache", "--params", "params.yaml"]
-    summary = _summary(_step([*torchrun, *step], tmp_path).stdout)
+    summary = _summary(run_step([*TORCHRUN_2, *step], tmp_path).stdout)
     host = socket.gethostname()
     assert (summary["computed"], summary["reused"], summary["invalid"]) == (TINY_SHARDS, 0, [])
     assert summary["rows_by_builder"] == {f"{host}/rank0": 6, f"{host}/rank1": 6}
@@ -281,7 +273,7 @@ def test_two_torchrun_ranks_build_alternate_shards_like_one_process(tmp_path, mo
     assert not list(cache_dir.glob("*.claim*")) and not list(cache_dir.glob(".*.tmp.*"))
 
     one = tiny_project(tmp_path, out_dir="outputs/one", cache={"dir": "outputs/.work/one", "shard_images": 2})
-    alone = _summary(_step(step, tmp_path).stdout)
+    alone = _summary(run_step(step, tmp_path).stdout)
     assert alone["computed"] == TINY_SHARDS and alone["rows_by_builder"] == {f"{host}/rank0": 12}
     ranks = json.loads((tmp_path / params.distill.teacher_cache).read_text())
     single = json.loads((tmp_path / one.distill.teacher_cache).read_text())
@@ -291,7 +283,7 @@ def test_two_torchrun_ranks_build_alternate_shards_like_one_process(tmp_path, mo
     tiny_project(tmp_path)  # the ranks' cache again, with a bad shard of rank 1: its summary reaches rank 0's
     _truncate(shard_files(cache_dir, 3)[0])
     before = files_state(cache_dir)
-    again = _summary(_step([*torchrun, *step], tmp_path).stdout)
+    again = _summary(run_step([*TORCHRUN_2, *step], tmp_path).stdout)
     assert (again["computed"], again["reused"]) == (1, TINY_SHARDS - 1)
     assert [shard for shard, _ in again["invalid"]] == [3] and "truncated" in again["invalid"][0][1]
     after = files_state(cache_dir)
@@ -307,10 +299,8 @@ def test_two_gloo_ranks_under_torchrun_build_the_one_process_cache(tmp_path, mon
         monkeypatch.chdir(root)
         params = tiny_project(root)
     monkeypatch.chdir(tmp_path)
-    _step(["-m", "components.teacher_cache"], one)
-    launched = _step(
-        ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "components.teacher_cache"], two
-    )
+    run_step(["-m", "components.teacher_cache"], one)
+    launched = run_step([*TORCHRUN_2, "-m", "components.teacher_cache"], two)
     index_one = json.loads((one / params.distill.teacher_cache).read_text())
     index_two = json.loads((two / params.distill.teacher_cache).read_text())
     assert index_two == index_one and len(index_one["shards"]) == TINY_SHARDS  # every shard's sha256 equal
