@@ -264,6 +264,17 @@ def use_params(root: Path, params: str) -> None:
         get_run_logger().info("params.yaml is now a copy of %s", source)
 
 
+def head_commit(root: Path) -> str:
+    """The commit checked out at ``root``, or ``"-"`` outside git."""
+    found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else "-"
+
+
+def worker_name() -> str:
+    """The Prefect worker that started this flow run (its environment names it), or ``"-"``."""
+    return os.environ.get("PREFECT__WORKER_NAME") or "-"
+
+
 def submit_all(
     steps: Sequence[Step], options: StepOptions, slots: Slots, retries: int, delay: float,
     gpus_per_step: dict[str, int] | None = None,
@@ -339,6 +350,7 @@ def reproduce(
         raise ValueError("push needs commit: only committed outputs are in the DVC cache")
     logger = get_run_logger()
     root_path = Path(root).resolve()
+    logger.info("workspace %s at commit %s, worker %s", root_path, head_commit(root_path), worker_name())
     use_params(root_path, params)
     steps = load_steps(root_path)
     steps = select(steps, stages) if stages else steps

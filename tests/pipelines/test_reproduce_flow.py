@@ -20,7 +20,9 @@ from prefect.testing.utilities import prefect_test_harness
 
 from pipelines.artifacts import SUMMARY_KEY, artifact_key, summary_markdown
 from pipelines.dag import load_steps, select
+from pipelines.distributed import FOLDS, REPORT, UPSTREAM
 from pipelines.reproduce import RAN, RESTORED, UP_TO_DATE, StepFailedError, reproduce
+from tests.pipelines.workspaces import tiny_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc.*")
@@ -295,8 +297,16 @@ def test_the_deployments_match_the_flow_and_the_dag():
 
     config = PrefectYamlModel.model_validate(yaml.safe_load((ROOT / "infra/prefect.yaml").read_text()))
     deployments = {deployment.name: deployment for deployment in config.deployments}
-    assert {"fsdino-reproduce", "fsdino-upstream", "fsdino-fold-3", "fsdino-report"} <= set(deployments)
+    assert {"fsdino-reproduce", "fsdino-upstream", "fsdino-fold-3", "fsdino-report", "fsdino-distributed"} <= set(
+        deployments
+    )
     steps = load_steps(ROOT)
+    parent = deployments.pop("fsdino-distributed")  # the flow that runs the others, on its own pool
+    flow = load_flow(parent.entrypoint)
+    assert flow.name == "fsdino-distributed" and parent.work_pool.name == "control-pool"
+    flow.validate_parameters(parent.parameters)
+    children = {name.split("/")[1] for name in [UPSTREAM, *FOLDS, REPORT]}
+    assert children <= set(deployments)
     for name, deployment in deployments.items():
         flow = load_flow(deployment.entrypoint)
         assert isinstance(flow, Flow) and flow.name == "fsdino-reproduce", name
@@ -337,27 +347,3 @@ def test_the_tiny_profile_reproduces_through_the_flow(prefect_api, tmp_path):
     assert 0.0 <= metrics["miou"] <= 1.0
     status = dvc(["status"], workspace)
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
-
-
-def tiny_workspace(target: Path) -> Path:
-    """This repository's files with the tiny profile as params.yaml, in a new git repo (as tests/pipeline)."""
-    from components.profile import render
-
-    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
-    for name in [*subprocess.run(listing, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()]:
-        if (ROOT / name).is_file() and not name.startswith("outputs/"):
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, target / name)
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy2(ROOT / name, target / name)
-    (target / "profiles").mkdir(exist_ok=True)
-    shutil.copy2(ROOT / "tests/pipeline/tiny_profile.yaml", target / "profiles/tiny.yaml")
-    (target / "params.yaml").write_text(render("tiny", target / "profiles"))
-    (target / ".dvc").mkdir(exist_ok=True)
-    (target / ".dvc/config").write_text("[core]\n    autostage = true\n")
-    (target / "dvc.lock").unlink(missing_ok=True)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"]):
-        subprocess.run(command, cwd=target, check=True, capture_output=True)
-    author = ["-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", *author, "commit", "-qm", "init"], cwd=target, check=True)
-    return target

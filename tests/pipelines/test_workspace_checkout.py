@@ -23,12 +23,21 @@ def pull_step() -> dict:
     return step["prefect.deployments.steps.run_shell_script"]
 
 
-def run_pull(workspace: Path, commit: str | None) -> subprocess.CompletedProcess:
-    """The step's script as Prefect runs it with ``shell: true`` (one shell command per line)."""
+def run_pull(workspace: Path | None, commit: str | None, cwd: Path) -> subprocess.CompletedProcess:
+    """The step's script as Prefect runs it with ``shell: true`` (one shell command per line), from ``cwd``
+    (wherever the worker started the flow run), with the worker's ``FSDINO_WORKSPACE``."""
     step = pull_step()
-    assert step["shell"] is True
-    env = {k: v for k, v in os.environ.items() if k != "FSDINO_COMMIT"} | ({"FSDINO_COMMIT": commit} if commit else {})
-    return subprocess.run(step["script"], shell=True, cwd=workspace, env=env, capture_output=True, text=True)
+    assert step["shell"] is True and "{{" not in step["script"]  # nothing for `prefect deploy` to fill in
+    env = {k: v for k, v in os.environ.items() if k not in ("FSDINO_COMMIT", "FSDINO_WORKSPACE")}
+    env |= {"FSDINO_COMMIT": commit} if commit else {}
+    env |= {"FSDINO_WORKSPACE": str(workspace)} if workspace else {}
+    return subprocess.run(step["script"], shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_the_working_folder_is_the_path_the_checkout_printed() -> None:
+    steps = yaml.safe_load((ROOT / "infra/prefect.yaml").read_text())["pull"]
+    assert steps[0]["prefect.deployments.steps.run_shell_script"]["id"] == "workspace"
+    assert steps[1] == {"prefect.deployments.steps.set_working_directory": {"directory": "{{ workspace.stdout }}"}}
 
 
 def test_a_dirty_workspace_is_put_on_the_runs_commit_or_on_origin_main(tmp_path: Path) -> None:
@@ -52,12 +61,16 @@ def test_a_dirty_workspace_is_put_on_the_runs_commit_or_on_origin_main(tmp_path:
     (workspace / "outputs" / "state.pt").write_text("a checkpoint")  # untracked: must survive
     assert subprocess.run(["git", "pull", "--ff-only", "-q"], cwd=workspace, capture_output=True).returncode != 0
 
-    result = run_pull(workspace, first)
+    result = run_pull(None, first, tmp_path)
+    assert result.returncode != 0 and "FSDINO_WORKSPACE: is not set on this worker" in result.stderr
+
+    result = run_pull(workspace, first, tmp_path)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(workspace.resolve())  # becomes the flow's working folder
     assert git("rev-parse", "HEAD", cwd=workspace) == first and (workspace / "dvc.lock").read_text() == "first\n"
     assert (workspace / "outputs" / "state.pt").read_text() == "a checkpoint"
 
     (workspace / "dvc.lock").write_text("changed again\n")
-    result = run_pull(workspace, None)  # no commit given: the newest origin/main
+    result = run_pull(workspace, None, tmp_path)  # no commit given: the newest origin/main
     assert result.returncode == 0, result.stderr
     assert git("rev-parse", "HEAD", cwd=workspace) == second and (workspace / "dvc.lock").read_text() == "second\n"
