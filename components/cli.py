@@ -105,15 +105,7 @@ def tracked(params: Params, stage: str, step: Callable[[], dict[str, Any]]) -> d
 
     from components import tracking
 
-    root = Path.cwd()
-    commit = tracking.git_state(root).get("git.commit", "")
-    digest = fingerprint(commit, params)
-    run_id_file = WORK_DIR / "mlflow" / f"{digest}.run_id"
-    parent = tracking.pipeline_run(
-        params.tracking, run_name=f"reproduce-{params.profile}", profile=params.profile,
-        params=params.model_dump(mode="json"), run_id_file=run_id_file, root=root,
-    )  # fmt: skip
-    with parent, tracking.stage_run(stage):
+    with parent_run(params), tracking.stage_run(stage, tags={tracking.OUTCOME_TAG: "ran"}):
         summary = step()
         numbers = {k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         if numbers:
@@ -126,6 +118,22 @@ def tracked(params: Params, stage: str, step: Callable[[], dict[str, Any]]) -> d
 
 
 ARTIFACT_SUFFIXES = frozenset({".json", ".csv", ".png", ".html"})
+
+
+def parent_run(params: Params, root: Path | None = None):
+    """The pipeline's parent MLflow run for this checkout and ``params``, started or resumed (a context
+    manager, :func:`components.tracking.pipeline_run`): the one an orchestrator names in
+    ``FSDINO_MLFLOW_RUN_ID``, else the one whose id is kept in ``outputs/.work/mlflow/<digest>.run_id``,
+    the digest being of the git commit and the parameters (one parent per reproduction)."""
+    from components import tracking
+
+    root = Path.cwd() if root is None else root
+    commit = tracking.git_state(root).get("git.commit", "")
+    run_id_file = root / WORK_DIR / "mlflow" / f"{fingerprint(commit, params)}.run_id"
+    return tracking.pipeline_run(
+        params.tracking, run_name=f"reproduce-{params.profile}", profile=params.profile,
+        params=params.model_dump(mode="json"), run_id_file=run_id_file, root=root,
+    )  # fmt: skip
 
 
 def step_logger(params: Params):

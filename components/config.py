@@ -244,6 +244,9 @@ class RegisterParams(_Section):
     shot: int = Field(default=1, ge=1)
     fold: int = Field(default=0, ge=0)
     out: Path = Path("outputs/register/model.json")
+    #: Whether a ``dvc exp run`` may move the ``challenger``/``champion`` aliases (never by default: only the
+    #: main reproduction, ``dvc repro`` or the Prefect flow, promotes).
+    promote_experiments: bool = False
 
 
 class Params(_Section):

@@ -1,14 +1,21 @@
 """Registering a trained model and deciding whether it becomes the champion.
 
-Aliases, not the deprecated stages: every registered version gets ``challenger``; ``champion`` moves to
-it only when its mean mIoU is not below the current champion's (:func:`should_promote`). The version's
-``mean_miou`` tag is what later comparisons read.
+Aliases, not the deprecated stages: every version the main reproduction registers gets ``challenger``;
+``champion`` moves to it only when its mean mIoU is above the current champion's (:func:`should_promote`;
+a tie keeps the champion). The version's ``mean_miou`` tag is what later comparisons read.
+
+A ``dvc exp run`` is a throwaway: DVC names it in ``DVC_EXP_NAME`` / ``DVC_EXP_BASELINE_REV`` while its
+stages run (:func:`running_experiment`). Its version is registered and tagged ``fsdino.experiment``, but
+no alias moves, unless ``registry.promote_experiments`` is set (the explicit flag, e.g.
+``dvc exp run -S registry.promote_experiments=true``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,34 +33,57 @@ if TYPE_CHECKING:
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MIOU_TAG = "mean_miou"
+EXPERIMENT_TAG = "fsdino.experiment"
+EXPERIMENT_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")  # set by DVC for the stages of a `dvc exp run`
 
 
 def should_promote(challenger_miou: float, champion_miou: float | None) -> bool:
-    """Promote when there is no champion, or the challenger's mean mIoU is not below the champion's.
+    """Promote when there is no champion, or the challenger's mean mIoU is above the champion's.
 
-    A NaN or infinite challenger score never promotes; neither does a NaN champion score (an unreadable
-    record is for a person to sort out, not to overwrite), which is what ``>=`` gives for NaN.
+    A tie keeps the champion (a re-run of the same model must not churn the alias that serving reads). A
+    NaN or infinite challenger score never promotes; neither does a NaN champion score (an unreadable
+    record is for a person to sort out, not to overwrite), which is what ``>`` gives for NaN.
     """
     if not math.isfinite(challenger_miou):
         return False
     if champion_miou is None:
         return True
-    return challenger_miou >= champion_miou
+    return challenger_miou > champion_miou
 
 
-def register_and_promote(model_uri: str, name: str, mean_miou: float, client: MlflowClient) -> dict[str, Any]:
-    """Register ``model_uri`` as a new version of ``name``, alias it ``challenger``, tag its ``mean_miou``,
+def running_experiment(environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``dvc exp run`` this process is a stage of (its name, else its baseline commit); ``None`` for
+    ``dvc repro`` and the Prefect flow."""
+    environ = os.environ if environ is None else environ
+    for key in EXPERIMENT_ENV:
+        if environ.get(key, "").strip():
+            return environ[key].strip()
+    return None
+
+
+def register_and_promote(
+    model_uri: str, name: str, mean_miou: float, client: MlflowClient, *, experiment: str | None = None
+) -> dict[str, Any]:
+    """Register ``model_uri`` as a new version of ``name`` and tag its ``mean_miou``; alias it ``challenger``
     and move ``champion`` to it when :func:`should_promote` says so.
 
-    Returns ``{"name", "version", "aliases", "run_id", "mean_miou", "promoted"}`` (``outputs/register/model.json``).
+    With ``experiment`` (a ``dvc exp run`` that may not promote) the version is tagged
+    ``fsdino.experiment`` = its name and no alias moves.
+
+    Returns ``{"name", "version", "aliases", "run_id", "mean_miou", "promoted", "experiment"}``
+    (``outputs/register/model.json``).
     """
     _ensure_registered_model(client, name)
     version = _create_version(client, model_uri, name)
     client.set_model_version_tag(name, version.version, MIOU_TAG, repr(float(mean_miou)))
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    promoted = should_promote(float(mean_miou), champion_miou(client, name))
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
+    promoted = False
+    if experiment is not None:
+        client.set_model_version_tag(name, version.version, EXPERIMENT_TAG, experiment)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        promoted = should_promote(float(mean_miou), champion_miou(client, name))
+        if promoted:
+            client.set_registered_model_alias(name, CHAMPION, version.version)
     final = client.get_model_version(name, version.version)
     return {
         "name": name,
@@ -62,6 +92,7 @@ def register_and_promote(model_uri: str, name: str, mean_miou: float, client: Ml
         "run_id": final.run_id,
         "mean_miou": float(mean_miou),
         "promoted": promoted,
+        "experiment": experiment,
     }
 
 
@@ -132,7 +163,8 @@ def fold_scores(params: Params) -> dict[int, float]:
 
 def run(params: Params, args: Any = None) -> dict[str, Any]:
     """Log the chosen checkpoint as an MLflow pyfunc, register it as ``challenger`` and promote it to
-    ``champion`` when :func:`should_promote` says so; write ``outputs/register/model.json``."""
+    ``champion`` when :func:`should_promote` says so; write ``outputs/register/model.json``. Inside a
+    ``dvc exp run`` no alias moves unless ``registry.promote_experiments``."""
     from components.mlflow_model import log_fsdino_model
 
     if not params.tracking.enabled:
@@ -142,7 +174,15 @@ def run(params: Params, args: Any = None) -> dict[str, Any]:
     mean_miou = sum(scores.values()) / len(scores)
     checkpoint = params.train.run_dir(chosen.variant, chosen.fold, chosen.shot) / "best.pt"
     info = log_fsdino_model(checkpoint, name="model")
-    result = register_and_promote(info.model_uri, params.tracking.registered_model_name, mean_miou, MlflowClient())
+    experiment = running_experiment()
+    if experiment is not None and chosen.promote_experiments:
+        print(f"register: experiment {experiment} may promote (registry.promote_experiments)")
+        experiment = None
+    elif experiment is not None:
+        print(f"register: experiment {experiment}: registered without aliases (registry.promote_experiments: false)")
+    result = register_and_promote(
+        info.model_uri, params.tracking.registered_model_name, mean_miou, MlflowClient(), experiment=experiment
+    )
     result.update(variant=chosen.variant, shot=chosen.shot, fold=chosen.fold, fold_miou=scores)
     write_registration(result, chosen.out)
     return {**result, "out_dir": str(chosen.out.parent)}

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Environment variable through which an orchestrator hands the parent run id to child processes.
 RUN_ID_ENV = "FSDINO_MLFLOW_RUN_ID"
+#: Tags of a nested run: the DVC stage it stands for, and what the reproduction did with it.
+STAGE_TAG, OUTCOME_TAG = "fsdino.stage", "fsdino.outcome"
 
 _BAD_KEY_CHARACTERS = re.compile(r"[^/\w.\- ]")
 
@@ -236,7 +238,7 @@ def stage_run(
     """
     if mlflow.active_run() is None:
         logger.warning("stage_run(%r) without an active parent run: it becomes a top-level run", name)
-    with mlflow.start_run(run_name=name, nested=True, tags={"fsdino.stage": name, **(tags or {})}) as run:
+    with mlflow.start_run(run_name=name, nested=True, tags={STAGE_TAG: name, **(tags or {})}) as run:
         if params:
             mlflow.log_params(flatten_params(params))
         try:

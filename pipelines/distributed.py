@@ -84,6 +84,28 @@ def resolve_commit(ref: str) -> str:
     raise ValueError(f"commit: {ref!r} is not a commit of the checkout in {Path.cwd()} (expected a full sha there)")
 
 
+def profile_folds(commit: str) -> list[int] | None:
+    """``train.folds`` of ``params.yaml`` at ``commit`` in the checkout this flow runs in; ``None`` when the
+    file cannot be read there (not a checkout, or the commit not fetched)."""
+    import yaml
+
+    shown = subprocess.run(["git", "show", f"{commit}:params.yaml"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        return None
+    folds = ((yaml.safe_load(shown.stdout) or {}).get("train") or {}).get("folds")
+    if not isinstance(folds, list) or not all(isinstance(fold, int) for fold in folds):
+        raise ValueError(f"params.yaml at {commit[:12]}: train.folds: expected a list of fold numbers, got {folds!r}")
+    return folds
+
+
+def fold_deployments(folds: Sequence[int]) -> list[str]:
+    """The fold deployments of infra/prefect.yaml for ``folds`` (``fsdino-fold-<f>``, f in 0..3)."""
+    unknown = [fold for fold in folds if not 0 <= fold < len(FOLDS)]
+    if unknown:
+        raise ValueError(f"train.folds: no fold deployment for {unknown} (infra/prefect.yaml has folds 0-3)")
+    return [FOLDS[fold] for fold in folds]
+
+
 def open_parent_run(tracking_uri: str, experiment: str, commit: str, flow_run: str) -> str:
     """Create the MLflow parent run every step joins; returns its id."""
     import mlflow
@@ -130,7 +152,8 @@ def distributed(
     Args:
         commit: the git commit every child checks out (``FSDINO_COMMIT``): a full sha, or a ref such as
             ``origin/main`` that the checkout this flow runs in resolves to one when the run starts.
-        upstream, folds, report: deployment names (``flow/deployment``); ``folds`` defaults to fold 0-3.
+        upstream, folds, report: deployment names (``flow/deployment``); ``folds`` defaults to the fold
+            deployments of ``train.folds`` in ``params.yaml`` at ``commit`` (all four if it cannot be read).
         tracking_uri: the MLflow tracking server every machine reaches; defaults to ``MLFLOW_TRACKING_URI``.
             Without one, no parent run is handed over and each machine opens its own.
         experiment: the MLflow experiment of the parent run.
@@ -143,6 +166,10 @@ def distributed(
     logger = get_run_logger()
     commit = resolve_commit(commit)
     logger.info("every child checks out %s", commit)
+    if folds is None:  # what the profile trains: a 2-fold profile must not run fold 2 and 3 (they would fail)
+        trained = profile_folds(commit)
+        folds = fold_deployments(trained) if trained is not None else FOLDS
+        logger.info("fold deployments: %s%s", ", ".join(folds), "" if trained is not None else " (params.yaml unread)")
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     from prefect.runtime import flow_run
 
@@ -155,9 +182,7 @@ def distributed(
     status = "FAILED"
     try:
         done[upstream] = child.with_options(task_run_name=upstream).submit(upstream, env, poll_interval).result()
-        futures = {
-            name: child.with_options(task_run_name=name).submit(name, env, poll_interval) for name in folds or FOLDS
-        }
+        futures = {name: child.with_options(task_run_name=name).submit(name, env, poll_interval) for name in folds}
         wait(list(futures.values()))
         for name, future in futures.items():  # every fold ran to its end before the first failure is raised
             done[name] = future.result()
@@ -173,7 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines.distributed", description=__doc__.splitlines()[0])
     parser.add_argument("--commit", required=True, help="the git commit every worker checks out")
     parser.add_argument("--upstream", default=UPSTREAM, help="deployment name (flow/deployment)")
-    parser.add_argument("--folds", nargs="+", default=FOLDS, help="fold deployment names, run side by side")
+    parser.add_argument(
+        "--folds", nargs="+", help="fold deployment names, run side by side (default: those of train.folds)"
+    )
     parser.add_argument("--report", default=REPORT, help="deployment name (flow/deployment)")
     parser.add_argument("--tracking-uri", help="MLflow tracking server (default: MLFLOW_TRACKING_URI)")
     parser.add_argument("--experiment", default="fsdino")

@@ -18,9 +18,11 @@ from components.mlflow_model import log_fsdino_model
 from components.register import (
     CHALLENGER,
     CHAMPION,
+    EXPERIMENT_TAG,
     MIOU_TAG,
     champion_miou,
     register_and_promote,
+    running_experiment,
     should_promote,
     write_registration,
 )
@@ -43,7 +45,7 @@ NAME = "fsdino"
     [
         (0.50, None, True),  # no champion yet
         (0.51, 0.50, True),
-        (0.50, 0.50, True),  # "not below" the champion: ties promote
+        (0.50, 0.50, False),  # a tie keeps the champion
         (0.49, 0.50, False),
         (0.0, None, True),
         (math.nan, None, False),  # NaN never promotes
@@ -63,7 +65,9 @@ def _stub_model_uri() -> str:
     return f"runs:/{run.info.run_id}/model"
 
 
-def test_first_becomes_champion_worse_stays_challenger_equal_is_promoted(sqlite_tracking: str, tmp_path: Path) -> None:
+def test_first_becomes_champion_worse_and_equal_stay_challengers_better_is_promoted(
+    sqlite_tracking: str, tmp_path: Path
+) -> None:
     client = MlflowClient(sqlite_tracking)
     first_uri = _stub_model_uri()
     first = register_and_promote(first_uri, NAME, 0.50, client)
@@ -77,15 +81,45 @@ def test_first_becomes_champion_worse_stays_challenger_equal_is_promoted(sqlite_
     assert client.get_model_version(NAME, "2").tags[MIOU_TAG] == "0.4"
 
     equal = register_and_promote(_stub_model_uri(), NAME, 0.50, client)
-    assert (equal["version"], equal["promoted"], equal["aliases"]) == (3, True, [CHALLENGER, CHAMPION])
+    assert (equal["version"], equal["promoted"], equal["aliases"]) == (3, False, [CHALLENGER])
+    assert int(client.get_model_version_by_alias(NAME, CHAMPION).version) == 1  # a tie does not promote
+
+    better = register_and_promote(_stub_model_uri(), NAME, 0.51, client)
+    assert (better["version"], better["promoted"], better["aliases"]) == (4, True, [CHALLENGER, CHAMPION])
     assert client.get_model_version(NAME, "1").aliases == []
-    assert champion_miou(client, NAME) == 0.5
+    assert champion_miou(client, NAME) == 0.51
 
     path = tmp_path / "outputs" / "register" / "model.json"
-    write_registration(equal, path)
-    assert json.loads(path.read_text()) == equal
-    assert set(equal) == {"name", "version", "aliases", "run_id", "mean_miou", "promoted"}
+    write_registration(better, path)
+    assert json.loads(path.read_text()) == better
+    assert set(better) == {"name", "version", "aliases", "run_id", "mean_miou", "promoted", "experiment"}
     assert [p.name for p in path.parent.iterdir()] == ["model.json"]  # no temporary file left
+
+
+def test_an_experiment_registers_without_moving_any_alias(sqlite_tracking: str) -> None:
+    client = MlflowClient(sqlite_tracking)
+    register_and_promote(_stub_model_uri(), NAME, 0.50, client)
+    result = register_and_promote(_stub_model_uri(), NAME, 0.99, client, experiment="sharp-lamb")
+    assert (result["version"], result["promoted"], result["aliases"]) == (2, False, [])
+    assert result["experiment"] == "sharp-lamb"
+    assert client.get_model_version(NAME, "2").tags[EXPERIMENT_TAG] == "sharp-lamb"
+    assert {alias: int(v) for alias, v in client.get_registered_model(NAME).aliases.items()} == {
+        CHAMPION: 1,
+        CHALLENGER: 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, None),  # dvc repro, the Prefect flow
+        ({"DVC_EXP_NAME": "sharp-lamb", "DVC_EXP_BASELINE_REV": "f" * 40}, "sharp-lamb"),
+        ({"DVC_EXP_BASELINE_REV": "f" * 40}, "f" * 40),
+        ({"DVC_EXP_NAME": " "}, None),
+    ],
+)
+def test_running_experiment_reads_what_dvc_sets(environ: dict[str, str], expected: str | None) -> None:
+    assert running_experiment(environ) == expected
 
 
 def test_unreadable_champion_score_blocks_promotion(sqlite_tracking: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from components.tracking import RUN_ID_ENV, TRACKING_URI_ENV
 from pipelines.automations import zombie_automation
-from pipelines.distributed import COMMIT_ENV, child_env, resolve_commit
+from pipelines.distributed import COMMIT_ENV, FOLDS, child_env, fold_deployments, profile_folds, resolve_commit
 
 
 def test_a_branch_is_resolved_to_the_sha_it_has_when_the_run_starts(tmp_path: Path, monkeypatch) -> None:
@@ -33,6 +33,21 @@ def test_a_full_sha_passes_where_there_is_no_checkout(tmp_path: Path, monkeypatc
     assert resolve_commit("a" * 40) == "a" * 40
     with pytest.raises(ValueError, match="expected a full sha"):
         resolve_commit("origin/main")
+
+
+def test_the_fold_deployments_follow_the_profile_at_the_commit(tmp_path: Path, monkeypatch) -> None:
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text("train:\n  folds: [0, 1]\n")
+    author = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "add", "params.yaml"], cwd=tmp_path, check=True)
+    subprocess.run(["git", *author, "commit", "-q", "-m", "two folds"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("train:\n  folds: [0, 1, 2, 3]\n")  # not committed: not the run's
+    assert profile_folds(resolve_commit("main")) == [0, 1]
+    assert fold_deployments([0, 1]) == FOLDS[:2] and fold_deployments([3]) == [FOLDS[3]]
+    with pytest.raises(ValueError, match=r"no fold deployment for \[4\]"):
+        fold_deployments([0, 4])
+    assert profile_folds("b" * 40) is None  # a commit this checkout does not have
 
 
 def test_children_get_the_commit_and_the_parent_run_only_with_a_tracking_server() -> None:
