@@ -8,10 +8,10 @@ then shows every stage and its metrics, wherever and whenever the stage ran.
     python -m components.stage_record --all     # every stage in dvc.lock (after a plain `dvc repro`)
 
 Run it after a reproduction (the Prefect flow is to call it at the end of each flow run: #18, in progress).
-A stage that already has a nested run under the parent (it ran in this
-reproduction, or was recorded before) is left alone: one nested run per stage and parent. Its nested run
-is named as DVC names the stage and tagged ``fsdino.outcome`` (``ran``, ``restored from run-cache``,
-``up to date``) and ``dvc.<output path>`` = that output's md5 in ``dvc.lock`` (layout: docs/mlflow.md).
+A stage that already has a nested run under the parent (it ran in this reproduction, or was recorded
+before) is left alone: one nested run per stage and parent. Its nested run is named as DVC names the
+stage and tagged ``fsdino.outcome`` (``ran``, ``restored from run-cache``, ``up to date``) and
+``dvc.<output path>`` = that output's md5 in ``dvc.lock`` (layout: docs/mlflow.md).
 """
 
 from __future__ import annotations
@@ -24,20 +24,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from components.cli import is_main_process, load_params, parent_run, report_error
 from components.config import Params
 from fsdino.errors import InputError
 
 RECORDABLE = ("ran", "restored from run-cache", "up to date")  # pipelines.reproduce's RAN, RESTORED, UP_TO_DATE
 METRICS_FILE = "metrics.json"  # a stage folder's summary (distill, train, evaluate, crossdomain)
-
-
-def lock_outputs(lock: Mapping[str, Any], stage: str) -> dict[str, str]:
-    """``{output path: md5}`` of ``stage`` in a parsed ``dvc.lock`` (``….dir`` for folders); ``{}`` if absent."""
-    entry = (lock.get("stages") or {}).get(stage) or {}
-    return {str(out["path"]): str(out["md5"]) for out in entry.get("outs") or [] if "path" in out and "md5" in out}
 
 
 def numbers(data: Any, prefix: str = "") -> dict[str, float]:
@@ -91,13 +83,12 @@ def record(params: Params, outcomes: Mapping[str, str], root: Path) -> dict[str,
     import mlflow
     from mlflow import MlflowClient
 
-    from components.tracking import OUTCOME_TAG, sanitize_key, stage_run
+    from components.tracking import OUTCOME_TAG, dvc_stage_output_hashes, sanitize_key, stage_run
 
     for stage, outcome in outcomes.items():
         if outcome not in RECORDABLE:
             raise InputError(f"outcomes[{stage!r}]: expected one of {', '.join(RECORDABLE)}, got {outcome!r}")
-    lock_path = root / "dvc.lock"
-    lock = yaml.load(lock_path.read_text(), Loader=yaml.CSafeLoader) if lock_path.is_file() else {}
+    hashes = dvc_stage_output_hashes(root / "dvc.lock")
     recorded, present = [], []
     with parent_run(params, root) as active:
         client = MlflowClient()
@@ -106,7 +97,7 @@ def record(params: Params, outcomes: Mapping[str, str], root: Path) -> dict[str,
             if stage in already:
                 present.append(stage)
                 continue
-            outputs = lock_outputs(lock, stage)
+            outputs = hashes.get(stage, {})
             tags = {OUTCOME_TAG: outcome, **{sanitize_key(f"dvc.{path}"): md5 for path, md5 in outputs.items()}}
             with stage_run(stage, tags=tags):
                 metrics = stage_metrics(root, list(outputs))
@@ -118,11 +109,12 @@ def record(params: Params, outcomes: Mapping[str, str], root: Path) -> dict[str,
 
 def _outcomes(args: argparse.Namespace, root: Path) -> dict[str, str]:
     if args.all:
+        from components.tracking import dvc_stage_output_hashes
+
         lock_path = root / "dvc.lock"
         if not lock_path.is_file():
             raise InputError(f"{lock_path}: missing (run dvc repro first)")
-        lock = yaml.load(lock_path.read_text(), Loader=yaml.CSafeLoader) or {}
-        return dict.fromkeys(lock.get("stages") or {}, "up to date")
+        return dict.fromkeys(dvc_stage_output_hashes(lock_path), "up to date")
     text = sys.stdin.read() if args.outcomes == "-" else Path(args.outcomes).read_text()
     try:
         outcomes = json.loads(text)

@@ -113,8 +113,8 @@ def git_state(root: Path = PROJECT_ROOT) -> dict[str, str]:
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
 
 
-def dvc_output_hashes(lock_path: Path) -> dict[str, str]:
-    """Map every output path recorded in ``dvc.lock`` to its md5 (``….dir`` for directories).
+def dvc_stage_output_hashes(lock_path: Path) -> dict[str, dict[str, str]]:
+    """``{stage: {output path: md5}}`` as ``dvc.lock`` records them (``….dir`` for directories).
 
     Returns an empty mapping when the file does not exist; a malformed file is an :class:`InputError`.
     """
@@ -127,12 +127,22 @@ def dvc_output_hashes(lock_path: Path) -> dict[str, str]:
     stages = lock.get("stages") if isinstance(lock, dict) else None
     if not isinstance(stages, dict):
         return {}
-    hashes: dict[str, str] = {}
-    for stage in stages.values():
-        for out in (stage or {}).get("outs") or []:
-            if isinstance(out, dict) and "path" in out and "md5" in out:
-                hashes[str(out["path"])] = str(out["md5"])
-    return hashes
+    return {
+        str(name): {
+            str(out["path"]): str(out["md5"])
+            for out in (stage or {}).get("outs") or []
+            if isinstance(out, dict) and "path" in out and "md5" in out
+        }
+        for name, stage in stages.items()
+    }
+
+
+def dvc_output_hashes(lock_path: Path) -> dict[str, str]:
+    """Map every output path recorded in ``dvc.lock`` to its md5 (``….dir`` for directories).
+
+    Returns an empty mapping when the file does not exist; a malformed file is an :class:`InputError`.
+    """
+    return {path: md5 for outputs in dvc_stage_output_hashes(lock_path).values() for path, md5 in outputs.items()}
 
 
 def pipeline_tags(profile: str | None = None, root: Path = PROJECT_ROOT) -> dict[str, str]:
